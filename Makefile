@@ -1,0 +1,47 @@
+# streamgmm: `make demo` and `make test` work from a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DURATION ?= 0
+
+.PHONY: all venv demo test lint format bench soak system-tools clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+# Debian tools some tests drive (promtool, systemd-analyze, prometheus).
+system-tools:
+	@sh scripts/ensure-system-tools
+
+demo: $(STAMP)
+	$(VENV)/bin/streamgmm demo --duration $(DURATION)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: $(STAMP) system-tools
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow"
+
+bench: $(STAMP)
+	$(PY) -m pytest -m slow benchmarks -s -p no:cacheprovider --timeout=3600 || test $$? -eq 5
+	$(PY) benchmarks/run_all.py
+
+soak: $(STAMP) system-tools
+	$(PY) -m pytest -m slow tests -s --timeout=7200
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,254 @@
+"""Versioned, pickle-free state files, written atomically.
+
+A state is a nested dict whose leaves are numpy arrays or JSON values
+(numbers, strings, booleans, None, lists of those). Arrays go into an
+``.npz`` archive (read back with ``allow_pickle=False``); everything else,
+plus the format version, the config fingerprint and a SHA-256 checksum of
+every array and of the metadata, goes into one JSON member of the same
+archive. Loading verifies all of it before returning anything, so a
+truncated, tampered or mismatched file is refused whole, never loaded half.
+
+Writes go to a temporary file in the same directory, are fsynced and then
+renamed over the target, so a crash leaves either the old file or the new
+one, never a mixture.
+
+Examples
+--------
+>>> import tempfile, os, numpy as np
+>>> path = os.path.join(tempfile.mkdtemp(), "state.npz")
+>>> save_state(path, {"model": {"means": np.eye(2)}, "n_seen": 7},
+...            kind="example", fingerprint={"fields": ["a", "b"]})
+>>> state = load_state(path, kind="example", fingerprint={"fields": ["a", "b"]})
+>>> state["n_seen"], state["model"]["means"].tolist()
+(7, [[1.0, 0.0], [0.0, 1.0]])
+>>> load_state(path, kind="example", fingerprint={"fields": ["a", "c"]})
+Traceback (most recent call last):
+...
+streamgmm.checkpoint.CheckpointMismatchError: ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+_META = "__meta__"
+_SEP = "/"
+
+
+class CheckpointError(Exception):
+    """A state file cannot be used; the message says why and what to do."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """The file is not a readable streamgmm state file (truncated, tampered, other format)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The file is intact but was written for another configuration or format version."""
+
+
+# ---------------------------------------------------------------------------
+# nested dict <-> flat arrays + JSON
+
+
+def _split(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, np.ndarray], dict]:
+    arrays: dict[str, np.ndarray] = {}
+    values: dict[str, Any] = {}
+    for key, value in state.items():
+        if _SEP in key:
+            raise ValueError(f"state key {key!r} must not contain {_SEP!r}")
+        path = prefix + key
+        if isinstance(value, dict):
+            sub_arrays, sub_values = _split(value, path + _SEP)
+            arrays.update(sub_arrays)
+            values[key] = sub_values
+        elif isinstance(value, np.ndarray):
+            if value.dtype == object:
+                raise TypeError(f"state entry {path!r} is an object array; it cannot be saved")
+            arrays[path] = value
+            values[key] = {"__array__": path}
+        elif isinstance(value, np.generic):
+            values[key] = value.item()
+        else:
+            values[key] = value
+    return arrays, values
+
+
+def _join(values: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and set(value) == {"__array__"}:
+            state[key] = arrays[value["__array__"]]
+        elif isinstance(value, dict):
+            state[key] = _join(value, arrays)
+        else:
+            state[key] = value
+    return state
+
+
+def _checksum(arrays: dict[str, np.ndarray], meta_without_checksum: dict) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(meta_without_checksum, sort_keys=True).encode())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(name.encode())
+        digest.update(str(array.dtype.str).encode())
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# writing
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_state(path: str | os.PathLike, state: dict[str, Any], *, kind: str,
+               fingerprint: dict[str, Any] | None = None) -> None:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, rename).
+
+    Parameters
+    ----------
+    path
+        Target file; its directory must exist and be writable.
+    state
+        Nested dict of numpy arrays and JSON values.
+    kind
+        What the file holds (``"model"``, ``"daemon"``); checked on load.
+    fingerprint
+        The configuration the state is only valid for (number of components,
+        covariance type, fields...); checked on load.
+    """
+    path = os.fspath(path)
+    arrays, values = _split(state)
+    meta = {
+        "format": "streamgmm-state",
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "fingerprint": fingerprint or {},
+        "values": values,
+    }
+    try:
+        json.dumps(meta)
+    except TypeError as exc:
+        raise TypeError(f"state holds a value that is neither an array nor JSON: {exc}") from exc
+    meta["checksum"] = _checksum(arrays, meta)
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, **{_META: np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+# ---------------------------------------------------------------------------
+# reading
+
+
+def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            if _META not in names:
+                raise CheckpointCorruptError(
+                    f"{path} is not a streamgmm state file (no metadata member); "
+                    "point the config at the right file or move this one away to start fresh"
+                )
+            meta = json.loads(archive[_META].tobytes().decode())
+            arrays = {name: archive[name] for name in names if name != _META}
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, UnicodeDecodeError) as exc:
+        raise CheckpointCorruptError(
+            f"{path} cannot be read as a streamgmm state file ({type(exc).__name__}: {exc}); "
+            "it is truncated or damaged: restore a backup or move it away to start fresh"
+        ) from exc
+    if not isinstance(meta, dict) or meta.get("format") != "streamgmm-state":
+        raise CheckpointCorruptError(f"{path} is not a streamgmm state file")
+    return arrays, meta
+
+
+def load_state(path: str | os.PathLike, *, kind: str,
+               fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a state written by :func:`save_state`, verifying everything first.
+
+    Raises
+    ------
+    FileNotFoundError
+        There is no file at ``path``.
+    CheckpointCorruptError
+        The file is truncated, tampered with or not a state file.
+    CheckpointMismatchError
+        The file is intact but of another kind, format version or configuration.
+    """
+    path = os.fspath(path)
+    arrays, meta = _read(path)
+    expected = meta.pop("checksum", None)
+    if expected != _checksum(arrays, meta):
+        raise CheckpointCorruptError(
+            f"{path} fails its checksum: it was modified or damaged after it was written; "
+            "restore a backup or move it away to start fresh"
+        )
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointMismatchError(
+            f"{path} has state format version {version}, this streamgmm reads version "
+            f"{FORMAT_VERSION}; use the streamgmm release that wrote it or start fresh"
+        )
+    if meta.get("kind") != kind:
+        raise CheckpointMismatchError(
+            f"{path} holds a {meta.get('kind')!r} state, expected {kind!r}"
+        )
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        saved = meta.get("fingerprint") or {}
+        diffs = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+        detail = ", ".join(f"{k}: file {saved.get(k)!r} vs config {fingerprint.get(k)!r}" for k in diffs)
+        raise CheckpointMismatchError(
+            f"{path} was written for another configuration ({detail}); restore the old "
+            "configuration, point checkpoint.path elsewhere, or set "
+            "checkpoint.on_mismatch: fresh to start a new model"
+        )
+    state = _join(meta["values"], arrays)
+    return state
+
+
+def read_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """The fingerprint and kind a state file was written with (for `streamgmm inspect`)."""
+    _, meta = _read(os.fspath(path))
+    return {"kind": meta.get("kind"), "format_version": meta.get("format_version"),
+            **(meta.get("fingerprint") or {})}
