@@ -29,6 +29,7 @@ streamgmm.checkpoint.CheckpointMismatchError: ...
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -124,8 +125,13 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def save_state(path: str | os.PathLike, state: dict[str, Any], *, kind: str,
-               fingerprint: dict[str, Any] | None = None) -> None:
+def save_state(
+    path: str | os.PathLike,
+    state: dict[str, Any],
+    *,
+    kind: str,
+    fingerprint: dict[str, Any] | None = None,
+) -> None:
     """Write ``state`` to ``path`` atomically (temp file, fsync, rename).
 
     Parameters
@@ -166,10 +172,8 @@ def save_state(path: str | os.PathLike, state: dict[str, Any], *, kind: str,
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     _fsync_dir(directory)
 
@@ -203,8 +207,9 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def load_state(path: str | os.PathLike, *, kind: str,
-               fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_state(
+    path: str | os.PathLike, *, kind: str, fingerprint: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Read a state written by :func:`save_state`, verifying everything first.
 
     Raises
@@ -236,8 +241,12 @@ def load_state(path: str | os.PathLike, *, kind: str,
         )
     if fingerprint is not None and meta.get("fingerprint") != fingerprint:
         saved = meta.get("fingerprint") or {}
-        diffs = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-        detail = ", ".join(f"{k}: file {saved.get(k)!r} vs config {fingerprint.get(k)!r}" for k in diffs)
+        diffs = sorted(
+            k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
+        )
+        detail = ", ".join(
+            f"{k}: file {saved.get(k)!r} vs config {fingerprint.get(k)!r}" for k in diffs
+        )
         raise CheckpointMismatchError(
             f"{path} was written for another configuration ({detail}); restore the old "
             "configuration, point checkpoint.path elsewhere, or set "
@@ -250,5 +259,8 @@ def load_state(path: str | os.PathLike, *, kind: str,
 def read_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     """The fingerprint and kind a state file was written with (for `streamgmm inspect`)."""
     _, meta = _read(os.fspath(path))
-    return {"kind": meta.get("kind"), "format_version": meta.get("format_version"),
-            **(meta.get("fingerprint") or {})}
+    return {
+        "kind": meta.get("kind"),
+        "format_version": meta.get("format_version"),
+        **(meta.get("fingerprint") or {}),
+    }

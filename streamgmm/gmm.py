@@ -1,0 +1,892 @@
+"""Online Gaussian mixture model: stepwise EM over normalised sufficient statistics.
+
+The model keeps, per component k, the expected sufficient statistics of the
+stream in a numerically stable centred form: the weight ``s0_k = E[gamma_k]``,
+the mean ``mu_k`` and the scatter ``C_k`` (covariance about mu_k, before the
+regularisation). A mini-batch B is folded in as in Cappé & Moulines (2009):
+
+    s <- (1 - eta) s + eta s_B
+
+where ``s_B`` are the batch's statistics under the responsibilities of the
+model as it was before the batch. The step ``eta`` is the compounded per-event
+step ``eta_i = max(eta_min, (i + t0) ** -alpha)`` over the events i of the
+batch, so the result does not depend on how the stream is cut into batches;
+with ``alpha = 1`` the statistics are the exact running average of
+everything seen. ``half_life`` sets ``eta_min`` so that an event's influence
+halves after that many events: a forgetting model for drifting streams.
+
+The M-step is closed form: ``w_k = s0_k``, ``Sigma_k = C_k + reg_covar I``.
+Combining centred statistics (the parallel-variance formula) avoids the
+cancellation of ``E[x x^T] - mu mu^T`` on large-magnitude data.
+
+Layout follows scikit-learn's ``sklearn/mixture/_gaussian_mixture.py``: input
+checks, per-covariance-type estimators chosen by a dict, probability
+estimators, initialisation, then the estimator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import load_state, save_state
+
+COVARIANCE_TYPES = ("full", "diag", "spherical")
+MAX_ABS_INPUT = 1e100
+_LOG_2PI = math.log(2.0 * math.pi)
+_TINY = np.finfo(np.float64).tiny
+
+
+# ---------------------------------------------------------------------------
+# input checks
+
+
+def _check_X(X: Any, n_features: int | None = None) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X.reshape(1, -1) if n_features is None or X.size == n_features else X.reshape(-1, 1)
+    if X.ndim != 2:
+        raise ValueError(f"expected a 2-D array of shape (n_samples, n_features), got {X.ndim}-D")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but the model was fitted with {n_features}; "
+            "send events with the same fields as before or start a new model"
+        )
+    if X.size and not np.isfinite(X).all():
+        raise ValueError("X contains NaN or infinity; drop or repair those rows first")
+    if X.size and np.abs(X).max() > MAX_ABS_INPUT:
+        raise ValueError(
+            f"X has values beyond ±{MAX_ABS_INPUT:g}, which cannot be squared in float64; "
+            "rescale the features (standardize=True does it)"
+        )
+    return X
+
+
+# ---------------------------------------------------------------------------
+# per-covariance-type estimators
+#
+# scatter: full (K, d, d), diag (K, d), spherical (K,)  -- per unit weight,
+# about the component mean, without regularisation.
+
+
+def _batch_scatter_full(X, resp, nk, means):
+    scatter = np.empty((means.shape[0], X.shape[1], X.shape[1]))
+    for k in range(means.shape[0]):
+        diff = X - means[k]
+        scatter[k] = (resp[:, k, None] * diff).T @ diff / nk[k]
+    return scatter
+
+
+def _batch_scatter_diag(X, resp, nk, means):
+    avg_x2 = resp.T @ (X * X) / nk[:, None]
+    return np.maximum(avg_x2 - means**2, 0.0)
+
+
+def _batch_scatter_spherical(X, resp, nk, means):
+    return _batch_scatter_diag(X, resp, nk, means).mean(axis=1)
+
+
+def _outer_full(delta):
+    return delta[:, :, None] * delta[:, None, :]
+
+
+def _outer_diag(delta):
+    return delta**2
+
+
+def _outer_spherical(delta):
+    return (delta**2).mean(axis=1)
+
+
+def _add_reg_full(scatter, reg):
+    d = scatter.shape[-1]
+    cov = scatter + reg * np.eye(d)
+    # a relative floor keeps the condition number finite whatever the scale
+    scale = np.trace(cov, axis1=1, axis2=2) / d
+    return cov + (1e-10 * scale)[:, None, None] * np.eye(d)
+
+
+def _add_reg_diag(scatter, reg):
+    return scatter + reg + 1e-10 * scatter.mean(axis=-1, keepdims=True)
+
+
+def _add_reg_spherical(scatter, reg):
+    return scatter + reg
+
+
+def _floor_eigenvalues(cov: np.ndarray, floor: float) -> np.ndarray:
+    eigvals, eigvecs = np.linalg.eigh((cov + cov.T) / 2)
+    eigvals = np.maximum(eigvals, max(floor, 1e-12 * max(eigvals.max(), 0.0), _TINY))
+    return (eigvecs * eigvals) @ eigvecs.T
+
+
+def _precision_cholesky_full(cov, reg):
+    d = cov.shape[-1]
+    try:
+        chol = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        for k in range(cov.shape[0]):
+            try:
+                np.linalg.cholesky(cov[k])
+            except np.linalg.LinAlgError:
+                cov[k] = _floor_eigenvalues(cov[k], reg)
+        chol = np.linalg.cholesky(cov)
+    # the inverse of a lower-triangular factor, transposed: upper-triangular precision factor
+    return np.linalg.solve(chol, np.broadcast_to(np.eye(d), cov.shape)).transpose(0, 2, 1)
+
+
+def _precision_cholesky_diag(cov, reg):
+    return 1.0 / np.sqrt(np.maximum(cov, max(reg, _TINY)))
+
+
+_precision_cholesky_spherical = _precision_cholesky_diag
+
+
+def _log_det_full(prec_chol):
+    return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+
+
+def _log_det_diag(prec_chol):
+    return np.log(prec_chol).sum(axis=1)
+
+
+def _log_det_spherical(prec_chol, d):
+    return d * np.log(prec_chol)
+
+
+def _mahalanobis_sq_full(X, means, prec_chol):
+    n_components, d, _ = prec_chol.shape
+    # one GEMM for all components: (n, d) @ (d, K*d)
+    stacked = prec_chol.transpose(1, 0, 2).reshape(d, n_components * d)
+    shift = np.einsum("kd,kde->ke", means, prec_chol).reshape(-1)
+    y = X @ stacked
+    y -= shift
+    y *= y
+    return y.reshape(X.shape[0], n_components, d).sum(axis=2)
+
+
+def _mahalanobis_sq_diag(X, means, prec_chol):
+    precisions = prec_chol**2
+    return (
+        (X * X) @ precisions.T
+        - 2.0 * X @ (means * precisions).T
+        + ((means**2) * precisions).sum(axis=1)
+    ).clip(min=0.0)
+
+
+def _mahalanobis_sq_spherical(X, means, prec_chol):
+    precisions = prec_chol**2
+    sq = (X * X).sum(axis=1)[:, None] - 2.0 * X @ means.T + (means**2).sum(axis=1)
+    return (sq * precisions).clip(min=0.0)
+
+
+def _variances_full(cov):
+    return np.diagonal(cov, axis1=1, axis2=2).copy()
+
+
+def _variances_diag(cov):
+    return cov.copy()
+
+
+def _variances_spherical(cov, d):
+    return np.repeat(cov[:, None], d, axis=1)
+
+
+@dataclass(frozen=True)
+class _CovarianceOps:
+    batch_scatter: Any
+    outer: Any
+    add_reg: Any
+    precision_cholesky: Any
+    log_det: Any
+    mahalanobis_sq: Any
+    variances: Any
+    n_params: Any  # (K, d) -> covariance parameters per component
+
+
+_OPS = {
+    "full": _CovarianceOps(
+        _batch_scatter_full,
+        _outer_full,
+        _add_reg_full,
+        _precision_cholesky_full,
+        lambda p, d: _log_det_full(p),
+        _mahalanobis_sq_full,
+        lambda c, d: _variances_full(c),
+        lambda d: d * (d + 1) / 2,
+    ),
+    "diag": _CovarianceOps(
+        _batch_scatter_diag,
+        _outer_diag,
+        _add_reg_diag,
+        _precision_cholesky_diag,
+        lambda p, d: _log_det_diag(p),
+        _mahalanobis_sq_diag,
+        lambda c, d: _variances_diag(c),
+        lambda d: d,
+    ),
+    "spherical": _CovarianceOps(
+        _batch_scatter_spherical,
+        _outer_spherical,
+        _add_reg_spherical,
+        _precision_cholesky_spherical,
+        _log_det_spherical,
+        _mahalanobis_sq_spherical,
+        _variances_spherical,
+        lambda d: 1,
+    ),
+}
+
+
+def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    peak = a.max(axis=1)
+    out = np.exp(a - peak[:, None]).sum(axis=1)
+    return np.log(out) + peak
+
+
+# ---------------------------------------------------------------------------
+# step schedule
+
+
+def batch_step(n_before: int, batch_size: int, alpha: float, t0: float, eta_min: float) -> float:
+    """Step for a batch: the compounded per-event steps of its events.
+
+    ``1 - prod_i (1 - eta_i)`` over ``i = n_before + 1 .. n_before + batch_size``
+    with ``eta_i = max(eta_min, (i + t0) ** -alpha)``.
+
+    >>> round(batch_step(100, 1, 1.0, 0.0, 0.0), 6)   # 1 / 101
+    0.009901
+    >>> round(batch_step(100, 50, 1.0, 0.0, 0.0), 6)  # running average: 50 / 150
+    0.333333
+    """
+    i = np.arange(n_before + 1, n_before + batch_size + 1, dtype=np.float64)
+    eta = np.maximum(eta_min, (i + t0) ** -alpha)
+    return float(-np.expm1(np.log1p(-np.minimum(eta, 1.0 - 1e-16)).sum()))
+
+
+# ---------------------------------------------------------------------------
+# initialisation
+
+
+def _kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    n = X.shape[0]
+    centers = np.empty((n_clusters, X.shape[1]))
+    centers[0] = X[rng.integers(n)]
+    closest = ((X - centers[0]) ** 2).sum(axis=1)
+    for c in range(1, n_clusters):
+        total = closest.sum()
+        if total <= 0:  # fewer distinct points than clusters
+            centers[c] = X[rng.integers(n)]
+            continue
+        candidates = rng.choice(n, size=2 + int(np.log(n_clusters)), p=closest / total)
+        dists = ((X[candidates, None, :] - X[None, :, :]) ** 2).sum(axis=2)
+        potentials = np.minimum(closest, dists).sum(axis=1)
+        best = candidates[np.argmin(potentials)]
+        centers[c] = X[best]
+        closest = np.minimum(closest, ((X - X[best]) ** 2).sum(axis=1))
+    return centers
+
+
+def _kmeans_labels(X: np.ndarray, centers: np.ndarray, n_iter: int = 10) -> np.ndarray:
+    for _ in range(n_iter):
+        dists = (X**2).sum(1)[:, None] - 2 * X @ centers.T + (centers**2).sum(1)
+        labels = dists.argmin(axis=1)
+        for k in range(centers.shape[0]):
+            members = labels == k
+            if members.any():
+                centers[k] = X[members].mean(axis=0)
+    return labels
+
+
+# ---------------------------------------------------------------------------
+# the warm-up scorer
+
+
+class RunningGaussian:
+    """Diagonal Gaussian of everything seen so far: the honest score before a mixture exists.
+
+    Batches are merged with Chan's parallel variance formula (exact, stable).
+
+    >>> g = RunningGaussian()
+    >>> g.update(np.array([[0.0], [2.0]])); g.update(np.array([[4.0]]))
+    >>> g.mean.tolist(), g.variance.tolist()
+    ([2.0], [2.6666666666666665])
+    """
+
+    def __init__(self, reg_covar: float = 1e-6):
+        self.reg_covar = reg_covar
+        self.count = 0
+        self.mean: np.ndarray | None = None
+        self._m2: np.ndarray | None = None
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self._m2 / max(self.count, 1)
+
+    def update(self, X: np.ndarray) -> None:
+        if X.shape[0] == 0:
+            return
+        batch_mean = X.mean(axis=0)
+        batch_m2 = ((X - batch_mean) ** 2).sum(axis=0)
+        if self.count == 0:
+            self.count, self.mean, self._m2 = X.shape[0], batch_mean, batch_m2
+            return
+        total = self.count + X.shape[0]
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * X.shape[0] / total
+        self._m2 = self._m2 + batch_m2 + delta**2 * self.count * X.shape[0] / total
+        self.count = total
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        """Log-density of each row; before two events, a unit variance around what is known."""
+        if self.count == 0:
+            mean, var = X.mean(axis=0), np.ones(X.shape[1])
+        else:
+            mean, var = self.mean, self.variance + self.reg_covar + 1e-10 * self.mean**2
+            if self.count < 2:
+                var = np.maximum(var, 1.0)
+        return -0.5 * (X.shape[1] * _LOG_2PI + np.log(var).sum() + (((X - mean) ** 2) / var).sum(1))
+
+    def get_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"count": self.count, "reg_covar": self.reg_covar}
+        if self.count:
+            state["mean"], state["m2"] = self.mean, self._m2
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RunningGaussian:
+        gaussian = cls(state["reg_covar"])
+        gaussian.count = int(state["count"])
+        if gaussian.count:
+            gaussian.mean = np.array(state["mean"], dtype=np.float64)
+            gaussian._m2 = np.array(state["m2"], dtype=np.float64)
+        return gaussian
+
+
+# ---------------------------------------------------------------------------
+# the estimator
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one E-step says about a batch.
+
+    Attributes
+    ----------
+    log_likelihood : array of shape (n_samples,)
+        ``log p(x)`` under the model.
+    responsibilities : array of shape (n_samples, n_components)
+    mahalanobis_sq : array of shape (n_samples, n_components)
+        Squared Mahalanobis distance to each component.
+    """
+
+    log_likelihood: np.ndarray
+    responsibilities: np.ndarray
+    mahalanobis_sq: np.ndarray
+
+
+class OnlineGaussianMixture:
+    """Gaussian mixture model learnt online by stepwise EM.
+
+    Parameters
+    ----------
+    n_components : int or "auto"
+        Number of components. ``"auto"`` chooses it on the warm-up buffer by
+        the Bayesian information criterion, from 1 to ``max_components``.
+    covariance_type : {"full", "diag", "spherical"}
+        As in scikit-learn.
+    reg_covar : float
+        Added to the diagonal of every covariance: a floor under the variance
+        of any direction, so that a component cannot collapse onto repeated
+        or discrete values and produce absurd densities. In the units of the
+        data (on standardised data, 1e-2 is a good floor).
+    warmup : int
+        Events buffered before the first fit by batch EM (from k-means++);
+        stepwise updates follow. Until then, events are scored by a single
+        diagonal Gaussian of the events seen so far.
+    step_alpha, step_t0 : float
+        Step schedule ``eta_i = (i + t0) ** -alpha`` per event, alpha in
+        (0.5, 1]. With 1 the statistics are the running average of the whole
+        stream, the closest to batch EM on a stationary stream; smaller
+        values forget the early, less accurate responsibilities faster.
+    step_min : float
+        Per-event floor of the step: a forgetting model for drifting streams.
+    half_life : int or None
+        The friendlier way to set ``step_min``: the number of events after
+        which an event's weight in the statistics has halved.
+    max_components : int
+        Cap for ``n_components="auto"``.
+    weight_floor : float
+        A component whose weight falls under this is re-seeded at the least
+        explained point of the batch with a broad covariance.
+    n_init : int
+        k-means++ starts tried by the batch fit; the best likelihood wins.
+    max_iter, tol : int, float
+        Batch EM iterations and convergence tolerance (mean log-likelihood).
+    random_state : int or None
+
+    Examples
+    --------
+    Two round clusters with the same centre and radii 0.3 and 3, which
+    k-means cannot separate:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 0.3, (3000, 2)), rng.normal(0, 3, (3000, 2))])
+    >>> X = X[rng.permutation(len(X))]
+    >>> gmm = OnlineGaussianMixture(n_components=2, warmup=500, random_state=0)
+    >>> for batch in np.array_split(X, 30):
+    ...     _ = gmm.partial_fit(batch)
+    >>> radii = np.sqrt(gmm.covariances_.diagonal(axis1=1, axis2=2).mean(axis=1))
+    >>> np.round(np.sort(radii), 1).tolist()
+    [0.3, 3.0]
+    >>> gmm.score_samples([[0.0, 0.0], [20.0, 20.0]]).round(1).tolist()
+    [-0.1, -48.7]
+    """
+
+    def __init__(
+        self,
+        n_components: int | str = "auto",
+        covariance_type: str = "full",
+        reg_covar: float = 1e-6,
+        warmup: int = 500,
+        step_alpha: float = 1.0,
+        step_t0: float = 2.0,
+        step_min: float = 0.0,
+        half_life: float | None = None,
+        max_components: int = 8,
+        weight_floor: float = 1e-3,
+        n_init: int = 3,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        random_state: int | None = None,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.reg_covar = reg_covar
+        self.warmup = warmup
+        self.step_alpha = step_alpha
+        self.step_t0 = step_t0
+        self.step_min = step_min
+        self.half_life = half_life
+        self.max_components = max_components
+        self.weight_floor = weight_floor
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self._check_parameters()
+        self._rng = np.random.default_rng(random_state)
+        self._ops = _OPS[covariance_type]
+        self.n_seen_ = 0
+        self.n_reseeds_ = 0
+        self.n_features_in_: int | None = None
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self._warm = RunningGaussian(reg_covar)
+
+    # -- parameters -------------------------------------------------------
+
+    def _check_parameters(self) -> None:
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(
+                f"covariance_type must be one of {', '.join(COVARIANCE_TYPES)}, "
+                f"got {self.covariance_type!r}"
+            )
+        if self.n_components != "auto" and not (
+            isinstance(self.n_components, (int, np.integer)) and self.n_components >= 1
+        ):
+            raise ValueError(
+                f"n_components must be 'auto' or an int >= 1, got {self.n_components!r}"
+            )
+        if not self.reg_covar > 0:
+            raise ValueError(f"reg_covar must be > 0, got {self.reg_covar!r}")
+        if not 0.5 < self.step_alpha <= 1:
+            raise ValueError(f"step_alpha must be in (0.5, 1], got {self.step_alpha!r}")
+        if not 0 <= self.step_min < 1:
+            raise ValueError(f"step_min must be in [0, 1), got {self.step_min!r}")
+        if self.half_life is not None and not self.half_life > 0:
+            raise ValueError(f"half_life must be > 0 events or None, got {self.half_life!r}")
+        if int(self.warmup) < 1:
+            raise ValueError(f"warmup must be >= 1, got {self.warmup!r}")
+        if int(self.max_components) < 1:
+            raise ValueError(f"max_components must be >= 1, got {self.max_components!r}")
+
+    @property
+    def eta_min(self) -> float:
+        """Per-event step floor, from ``half_life`` when it is set."""
+        if self.half_life is not None:
+            return max(self.step_min, -math.expm1(math.log(0.5) / self.half_life))
+        return self.step_min
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "weights_")
+
+    @property
+    def n_components_(self) -> int:
+        return len(self.weights_) if self.is_fitted else 0
+
+    # -- batch EM ---------------------------------------------------------
+
+    def fit(self, X) -> OnlineGaussianMixture:
+        """Fit by batch EM from k-means++ starts (choosing K by BIC if ``"auto"``).
+
+        Resets the sufficient statistics to those of X; later ``partial_fit``
+        calls continue from them as if X had been the start of the stream.
+        """
+        X = _check_X(X)
+        if X.shape[0] == 0:
+            raise ValueError("fit needs at least one sample")
+        self.n_features_in_ = X.shape[1]
+        if self.n_components == "auto":
+            candidates = range(1, min(self.max_components, X.shape[0]) + 1)
+        else:
+            candidates = [min(int(self.n_components), X.shape[0])]
+        best = None
+        for n_components in candidates:
+            fitted = self._fit_k(X, n_components)
+            bic = self._bic(fitted[-1], X.shape[0], n_components, X.shape[1])
+            if best is None or bic < best[0]:
+                best = (bic, fitted)
+        _, (s0, means, scatter, _) = best
+        self._set_statistics(s0, means, scatter)
+        self.n_seen_ = X.shape[0]
+        self._buffer, self._buffered = [], 0
+        return self
+
+    def _bic(self, mean_loglik: float, n: int, n_components: int, d: int) -> float:
+        n_params = n_components * (d + self._ops.n_params(d)) + n_components - 1
+        return -2.0 * mean_loglik * n + n_params * math.log(n)
+
+    def _fit_k(self, X: np.ndarray, n_components: int):
+        best = None
+        for _ in range(self.n_init if n_components > 1 else 1):
+            fitted = self._em(X, n_components)
+            if best is None or fitted[-1] > best[-1]:
+                best = fitted
+        return best
+
+    def _em(self, X: np.ndarray, n_components: int):
+        centers = _kmeans_plusplus(X, n_components, self._rng)
+        labels = _kmeans_labels(X, centers)
+        resp = np.zeros((X.shape[0], n_components))
+        resp[np.arange(X.shape[0]), labels] = 1.0
+        previous = -np.inf
+        mean_loglik = -np.inf
+        for _ in range(self.max_iter):
+            s0, means, scatter = self._batch_statistics(X, resp)
+            s0, means, scatter = self._reseed_empty(X, resp, s0, means, scatter)
+            self._set_statistics(s0, means, scatter)
+            evaluation = self.evaluate(X)
+            resp = evaluation.responsibilities
+            mean_loglik = float(evaluation.log_likelihood.mean())
+            if abs(mean_loglik - previous) < self.tol:
+                break
+            previous = mean_loglik
+        s0, means, scatter = self._batch_statistics(X, resp)
+        s0, means, scatter = self._reseed_empty(X, resp, s0, means, scatter)
+        self._set_statistics(s0, means, scatter)
+        mean_loglik = float(self.evaluate(X).log_likelihood.mean())
+        return s0, means, scatter, mean_loglik
+
+    def _batch_statistics(self, X: np.ndarray, resp: np.ndarray):
+        nk = resp.sum(axis=0) + 10 * np.finfo(np.float64).eps
+        means = resp.T @ X / nk[:, None]
+        scatter = self._ops.batch_scatter(X, resp, nk, means)
+        return nk / X.shape[0], means, scatter
+
+    def _reseed_empty(self, X, resp, s0, means, scatter):
+        """A component that lost every point in batch EM restarts at the worst-fit point."""
+        empty = np.flatnonzero(s0 * X.shape[0] < 1e-3)
+        if empty.size == 0 or X.shape[0] <= 1:
+            return s0, means, scatter
+        worst = np.argsort(resp.max(axis=1))[: empty.size]
+        broad = self._total_scatter(s0, means, scatter)
+        for k, i in zip(empty, worst, strict=False):
+            means[k] = X[i]
+            scatter[k] = broad
+            s0[k] = 1.0 / X.shape[0]
+        return s0 / s0.sum(), means, scatter
+
+    # -- stepwise EM ------------------------------------------------------
+
+    def partial_fit(self, X, y=None) -> OnlineGaussianMixture:
+        """One stepwise EM update with the batch X of shape (n_samples, n_features)."""
+        self.score_then_learn(X)
+        return self
+
+    def score_then_learn(self, X) -> np.ndarray:
+        """Log-likelihood of each row under the model as it was, then learn the batch.
+
+        The daemon's hot path: one E-step serves both the scores and the update.
+
+        Returns
+        -------
+        log_likelihood : array of shape (n_samples,)
+        """
+        X = _check_X(X, self.n_features_in_)
+        out = np.empty(X.shape[0])
+        start = 0
+        if not self.is_fitted:
+            start = min(X.shape[0], max(int(self.warmup) - self._buffered, 0))
+            out[:start] = self._warmup_score_then_buffer(X[:start])
+            if self._buffered >= int(self.warmup):
+                self.fit(np.concatenate(self._buffer))
+        if start < X.shape[0]:
+            rest = X[start:]
+            evaluation = self.evaluate(rest)
+            self.learn(rest, evaluation)
+            out[start:] = evaluation.log_likelihood
+        return out
+
+    def learn(self, X: np.ndarray, evaluation: Evaluation) -> None:
+        """Fold a batch into the statistics, reusing its E-step ``evaluation``."""
+        if X.shape[0] == 0:
+            return
+        resp = evaluation.responsibilities
+        eta = batch_step(self.n_seen_, X.shape[0], self.step_alpha, self.step_t0, self.eta_min)
+        nk = resp.sum(axis=0)
+        batch_s0 = nk / X.shape[0]
+        safe_nk = np.maximum(nk, _TINY)
+        batch_means = resp.T @ X / safe_nk[:, None]
+        batch_scatter = self._ops.batch_scatter(X, resp, safe_nk, batch_means)
+
+        old_w = (1.0 - eta) * self._s0
+        new_w = eta * batch_s0
+        total = np.maximum(old_w + new_w, _TINY)
+        frac = new_w / total
+        delta = batch_means - self._means
+        means = self._means + frac[:, None] * delta
+        cross = (old_w * new_w / total**2).reshape((-1,) + (1,) * (self._scatter.ndim - 1))
+        f_old = (old_w / total).reshape(cross.shape)
+        f_new = frac.reshape(cross.shape)
+        scatter = f_old * self._scatter + f_new * batch_scatter + cross * self._ops.outer(delta)
+        s0 = old_w + new_w
+        self.n_seen_ += X.shape[0]
+        s0, means, scatter = self._reseed_starved(X, evaluation, s0 / s0.sum(), means, scatter)
+        self._set_statistics(s0, means, scatter)
+
+    def _reseed_starved(self, X, evaluation, s0, means, scatter):
+        starved = np.flatnonzero(s0 < self.weight_floor)
+        if starved.size == 0 or len(s0) == 1:
+            return s0, means, scatter
+        worst = np.argsort(evaluation.log_likelihood)[: starved.size]
+        broad = self._total_scatter(s0, means, scatter)
+        for k, i in zip(starved, worst, strict=False):
+            means[k] = X[i]
+            scatter[k] = broad
+            s0[k] = 2.0 * self.weight_floor
+            self.n_reseeds_ += 1
+        return s0 / s0.sum(), means, scatter
+
+    def seed_components(self, X, weight: float) -> np.ndarray:
+        """Give the rows X components of their own, together weighing ``weight``.
+
+        A mixture is fitted to X by batch EM (K by BIC, at most as many as the
+        model has) and its components replace the lightest ones. This is how a new regime enters
+        the mixture at once (see the detector's quarantine), instead of old
+        components being dragged across the space one step at a time.
+
+        Returns
+        -------
+        replaced : array of int, the indices of the new components.
+        """
+        self._check_fitted()
+        X = _check_X(X, self.n_features_in_)
+        n_old = len(self._s0)
+        local = OnlineGaussianMixture(
+            n_components="auto",
+            covariance_type=self.covariance_type,
+            reg_covar=self.reg_covar,
+            max_components=n_old,
+            n_init=self.n_init,
+            random_state=self._rng.integers(2**31),
+        ).fit(X)
+        replaced = np.sort(np.argsort(self._s0)[: local.n_components_])
+        kept = np.setdiff1d(np.arange(n_old), replaced)
+        if len(kept) == 0:
+            weight = 1.0
+        s0 = self._s0.copy()
+        if len(kept):
+            s0[kept] *= (1.0 - weight) / s0[kept].sum()
+        s0[replaced] = weight * local._s0 / local._s0.sum()
+        means, scatter = self._means.copy(), self._scatter.copy()
+        means[replaced], scatter[replaced] = local._means, local._scatter
+        self._set_statistics(s0, means, scatter)
+        return replaced
+
+    def _total_scatter(self, s0, means, scatter):
+        """Scatter of the whole mixture: a broad covariance for a re-seeded component."""
+        w = s0 / s0.sum()
+        centre = w @ means
+        within = np.tensordot(w, scatter, axes=1)
+        return within + np.tensordot(w, self._ops.outer(means - centre), axes=1)
+
+    # -- warm-up scorer ---------------------------------------------------
+
+    def _warmup_score_then_buffer(self, X: np.ndarray) -> np.ndarray:
+        if X.shape[0] == 0:
+            return np.empty(0)
+        self.n_features_in_ = X.shape[1]
+        scores = self._warm.score_samples(X)
+        self._warm.update(X)
+        self._buffer.append(X.copy())
+        self._buffered += X.shape[0]
+        return scores
+
+    # -- parameters from statistics --------------------------------------
+
+    def _set_statistics(self, s0, means, scatter) -> None:
+        self._s0 = np.asarray(s0, dtype=np.float64)
+        self._means = np.asarray(means, dtype=np.float64)
+        self._scatter = np.asarray(scatter, dtype=np.float64)
+        self.n_features_in_ = self._means.shape[1]
+        self.weights_ = np.maximum(self._s0 / self._s0.sum(), _TINY)
+        self.means_ = self._means
+        self.covariances_ = self._ops.add_reg(self._scatter, self.reg_covar)
+        self.precisions_cholesky_ = self._ops.precision_cholesky(self.covariances_, self.reg_covar)
+        self._log_det = self._ops.log_det(self.precisions_cholesky_, self.n_features_in_)
+        self._log_weights = np.log(self.weights_)
+
+    # -- probability estimators ------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(
+                f"the mixture is not fitted yet: it needs {self.warmup} warm-up events "
+                f"({self._buffered} seen) or a call to fit(X)"
+            )
+
+    def evaluate(self, X) -> Evaluation:
+        """One E-step: log-likelihoods, responsibilities and Mahalanobis distances."""
+        self._check_fitted()
+        X = _check_X(X, self.n_features_in_)
+        maha_sq = self._ops.mahalanobis_sq(X, self._means, self.precisions_cholesky_)
+        d = X.shape[1]
+        weighted = -0.5 * (d * _LOG_2PI + maha_sq) + self._log_det + self._log_weights
+        log_likelihood = _logsumexp_rows(weighted)
+        resp = np.exp(weighted - log_likelihood[:, None])
+        return Evaluation(log_likelihood, resp, maha_sq)
+
+    def score_samples(self, X) -> np.ndarray:
+        """Log-likelihood of each row: array of shape (n_samples,).
+
+        Before the warm-up is complete, the single running Gaussian's.
+        """
+        if not self.is_fitted:
+            return self._warm.score_samples(_check_X(X, self.n_features_in_))
+        return self.evaluate(X).log_likelihood
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood of X."""
+        return float(self.score_samples(X).mean())
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Responsibilities: array of shape (n_samples, n_components)."""
+        return self.evaluate(X).responsibilities
+
+    def predict(self, X) -> np.ndarray:
+        """Most responsible component of each row."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def explain(self, X, evaluation: Evaluation | None = None) -> dict[str, np.ndarray]:
+        """Why each row scored as it did.
+
+        Returns
+        -------
+        dict with
+            ``component`` : array of shape (n_samples,), the most responsible component k*;
+            ``mahalanobis`` : array of shape (n_samples,), distance to k*;
+            ``contributions`` : array of shape (n_samples, n_features), the
+            standardised residuals ``(x_j - mu_k*j) / sqrt(Sigma_k*jj)``.
+        """
+        X = _check_X(X, self.n_features_in_)
+        evaluation = evaluation if evaluation is not None else self.evaluate(X)
+        best = evaluation.responsibilities.argmax(axis=1)
+        rows = np.arange(X.shape[0])
+        variances = self._ops.variances(self.covariances_, self.n_features_in_)
+        contributions = (X - self._means[best]) / np.sqrt(variances[best])
+        return {
+            "component": best,
+            "mahalanobis": np.sqrt(evaluation.mahalanobis_sq[rows, best]),
+            "contributions": contributions,
+        }
+
+    # -- persistence -------------------------------------------------------
+
+    _PARAMS = (
+        "n_components",
+        "covariance_type",
+        "reg_covar",
+        "warmup",
+        "step_alpha",
+        "step_t0",
+        "step_min",
+        "half_life",
+        "max_components",
+        "weight_floor",
+        "n_init",
+        "max_iter",
+        "tol",
+        "random_state",
+    )
+
+    def get_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._PARAMS}
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: parameters, statistics, counters, RNG."""
+        state: dict[str, Any] = {
+            "params": {
+                k: (v.item() if isinstance(v, np.generic) else v)
+                for k, v in self.get_params().items()
+            },
+            "n_seen": int(self.n_seen_),
+            "n_reseeds": int(self.n_reseeds_),
+            "n_features": self.n_features_in_,
+            "rng": self._rng.bit_generator.state,
+            "warm": self._warm.get_state(),
+        }
+        if self._buffer:
+            state["buffer"] = np.concatenate(self._buffer)
+        if self.is_fitted:
+            state["s0"], state["means"], state["scatter"] = self._s0, self._means, self._scatter
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> OnlineGaussianMixture:
+        model = cls(**state["params"])
+        model.n_seen_ = int(state["n_seen"])
+        model.n_reseeds_ = int(state["n_reseeds"])
+        model.n_features_in_ = state["n_features"]
+        model._rng.bit_generator.state = state["rng"]
+        model._warm = RunningGaussian.from_state(state["warm"])
+        if "buffer" in state:
+            model._buffer = [np.array(state["buffer"], dtype=np.float64)]
+            model._buffered = len(model._buffer[0])
+        if "s0" in state:
+            model._set_statistics(state["s0"], state["means"], state["scatter"])
+        return model
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "n_components": self.n_components,
+            "covariance_type": self.covariance_type,
+            "n_features": self.n_features_in_,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model to ``path`` (``.npz``, no pickle, checksummed, atomic)."""
+        save_state(
+            path, self.get_state(), kind="OnlineGaussianMixture", fingerprint=self.fingerprint()
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> OnlineGaussianMixture:
+        """Read a model written by :meth:`save`; a damaged file is refused whole."""
+        return cls.from_state(load_state(path, kind="OnlineGaussianMixture"))

@@ -1,0 +1,301 @@
+"""Outlier thresholds on the score ``-log p(x)`` (higher is more anomalous).
+
+Three rules, one interface (``flag``, ``update``, ``value``, state):
+
+- :class:`QuantileThreshold` flags scores above a streaming estimate of the
+  q-quantile of *normal* scores. Flagged points never feed it, so a burst of
+  anomalies cannot raise the threshold and hide itself, whatever its rate.
+- :class:`LogLikelihoodThreshold` flags log-likelihoods under a fixed floor.
+- :class:`Chi2Threshold` flags points whose squared Mahalanobis distance to
+  their best component exceeds the chi-square quantile with d degrees of
+  freedom: a per-component test that needs no history.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+
+class Ring:
+    """The last ``size`` values of a stream, in a fixed array.
+
+    >>> ring = Ring(3)
+    >>> ring.extend(np.arange(5.0))
+    >>> sorted(ring.values().tolist()), ring.count
+    ([2.0, 3.0, 4.0], 5)
+    """
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self._data = np.empty(self.size)
+        self.count = 0  # values written so far; the write position is count % size
+
+    def extend(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        written = len(values)
+        values = values[-self.size :]
+        n = len(values)
+        start = (self.count + written - n) % self.size
+        first = min(n, self.size - start)
+        self._data[start : start + first] = values[:first]
+        self._data[: n - first] = values[first:]
+        self.count += written
+
+    def values(self) -> np.ndarray:
+        return self._data[: min(self.count, self.size)]
+
+    def get_state(self) -> dict[str, Any]:
+        return {"size": self.size, "count": self.count, "data": self.values().copy()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Ring:
+        ring = cls(state["size"])
+        data = np.asarray(state["data"], dtype=np.float64)
+        ring._data[: len(data)] = data
+        ring.count = int(state["count"])
+        return ring
+
+
+class Threshold:
+    """Interface shared by the threshold rules."""
+
+    kind = "base"
+
+    def flag(self, scores: np.ndarray, mahalanobis_sq: np.ndarray) -> np.ndarray:
+        """Boolean array of shape (n_samples,): which rows are outliers."""
+        raise NotImplementedError
+
+    def update(self, inlier_scores: np.ndarray) -> None:
+        """Learn from the scores of rows that were not flagged."""
+
+    def bind(self, n_features: int) -> None:
+        """Learn the dimension of the data (once the first events are known)."""
+
+    def initialise(self, scores: np.ndarray) -> None:
+        """Start from the scores of the warm-up events under the first fitted model."""
+        self.update(scores)
+
+    @property
+    def value(self) -> float:
+        """The current threshold in the units ``flag`` compares (NaN when it has none yet)."""
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "params": self.get_params()}
+
+    def get_params(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Threshold:
+        threshold = THRESHOLDS[state["kind"]](**state["params"])
+        threshold._set_state(state)
+        return threshold
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class QuantileThreshold(Threshold):
+    """Streaming q-quantile of normal scores, extrapolated by an exponential tail.
+
+    Only inliers feed it. Those are the normal scores truncated at the
+    threshold itself, so their plain empirical quantile would ratchet the
+    threshold down a little at every update; instead the estimate works
+    where the truncation does not bite: above u, the inliers' empirical
+    ``L``-quantile with ``1 - L = tail_factor * (1 - q)`` (at most 0.1, at
+    least ``2 * (1 - q)``), the tail is modelled as exponential (the tail of
+    ``-log p`` for a Gaussian is close to that of a chi-square over two) with
+    the maximum-likelihood scale sigma of an exponential truncated at the
+    threshold T. The share m of normal scores above u follows from the
+    truncation, ``m = (1 - L) / (1 - L exp(-(T - u) / sigma))``, and the new
+    threshold is
+
+        T = u + sigma * log(m / (1 - q)).
+
+    It corrects itself: after a threshold too low or too high the next
+    estimate is right again, as the truncation is measured, not assumed.
+
+    Parameters
+    ----------
+    q : float
+        Target quantile: about ``1 - q`` of normal events are flagged.
+    window : int
+        How many recent inlier scores the estimate is made from.
+    tail_factor : float
+        How much wider the modelled tail is than the flagged one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> threshold = QuantileThreshold(q=0.99)
+    >>> for _ in range(20):
+    ...     scores = rng.exponential(1.0, 1000)
+    ...     flags = threshold.flag(scores, None)
+    ...     threshold.update(scores[~flags])
+    >>> before = threshold.value   # the true 0.99-quantile is log(100) = 4.61
+    >>> round(before, 1)
+    4.6
+    >>> burst = np.full(5000, 50.0)   # a burst never moves it
+    >>> bool(threshold.flag(burst, None).all()), threshold.value == before
+    (True, True)
+    """
+
+    kind = "quantile"
+
+    def __init__(self, q: float = 0.999, window: int = 20000, tail_factor: float = 20.0):
+        if not 0 < q < 1:
+            raise ValueError(f"q must be in (0, 1), got {q!r}")
+        self.q = q
+        self.window = int(window)
+        self.tail_factor = tail_factor
+        self._scores = Ring(self.window)
+        self._value = math.nan
+
+    def get_params(self) -> dict[str, Any]:
+        return {"q": self.q, "window": self.window, "tail_factor": self.tail_factor}
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    def flag(self, scores: np.ndarray, mahalanobis_sq: np.ndarray | None) -> np.ndarray:
+        if math.isnan(self._value):
+            return np.zeros(len(scores), dtype=bool)
+        return scores > self._value
+
+    def update(self, inlier_scores: np.ndarray) -> None:
+        if len(inlier_scores) == 0:
+            return
+        self._scores.extend(inlier_scores)
+        self._value = self._estimate(self._scores.values())
+
+    def _estimate(self, scores: np.ndarray) -> float:
+        # the modelled tail: tail_factor times the flagged one, but no deeper than the
+        # 0.9-quantile (the exponential shape holds in the tail, not in the body)
+        widen = min(self.tail_factor, max(2.0, 0.1 / (1.0 - self.q)))
+        level = 1.0 - widen * (1.0 - self.q)
+        if math.isfinite(self._value):
+            # older inliers may lie above a threshold since lowered: one truncation for all
+            scores = scores[scores <= self._value]
+        u = float(np.quantile(scores, level))
+        limit = self._value - u if math.isfinite(self._value) else math.inf
+        sigma = _truncated_exponential_scale(scores[scores > u] - u, limit)
+        # share of all normal scores above u, given the inliers stop at the threshold
+        above_u = (1.0 - level) / (1.0 - level * math.exp(-limit / sigma))
+        return u + sigma * math.log(above_u / (1.0 - self.q))
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self._scores = Ring.from_state(state["scores"])
+        self._value = float(state["value"]) if state["value"] is not None else math.nan
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state["scores"] = self._scores.get_state()
+        state["value"] = None if math.isnan(self._value) else self._value
+        return state
+
+
+def _truncated_exponential_scale(excess: np.ndarray, limit: float) -> float:
+    """MLE of the scale of an exponential observed only below ``limit``.
+
+    The mean of an exponential of scale s truncated at c is
+    ``s - c / (exp(c / s) - 1)``; solve it for s by fixed-point iteration.
+    With fewer than 5 points there is nothing to estimate: scale 1, the
+    tail of -log p of a Gaussian.
+    """
+    if len(excess) < 5:
+        return 1.0
+    mean = float(excess.mean())
+    if mean <= 0:
+        return 1e-6
+    if not math.isfinite(limit) or limit <= 0:
+        return mean
+    if mean >= limit / 2:  # flat up to the limit: the tail says nothing finer
+        return 2.0 * mean
+    scale = mean
+    for _ in range(100):
+        ratio = limit / scale
+        new = mean + (limit / math.expm1(ratio) if ratio < 700 else 0.0)
+        if abs(new - scale) < 1e-9 * scale:
+            return new
+        scale = new
+    return scale
+
+
+class LogLikelihoodThreshold(Threshold):
+    """Flag events whose log-likelihood is under a fixed floor.
+
+    >>> LogLikelihoodThreshold(-20.0).flag(np.array([5.0, 25.0]), None).tolist()
+    [False, True]
+    """
+
+    kind = "loglik"
+
+    def __init__(self, loglik: float):
+        self.loglik = float(loglik)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"loglik": self.loglik}
+
+    @property
+    def value(self) -> float:
+        return -self.loglik
+
+    def flag(self, scores: np.ndarray, mahalanobis_sq: np.ndarray | None) -> np.ndarray:
+        return scores > -self.loglik
+
+
+class Chi2Threshold(Threshold):
+    """Flag events too far from their best component: Mahalanobis² above chi2(d).ppf(p).
+
+    >>> t = Chi2Threshold(0.99, n_features=2)
+    >>> round(t.value, 2), t.flag(None, np.array([1.0, 10.0])).tolist()
+    (9.21, [False, True])
+    """
+
+    kind = "chi2"
+
+    def __init__(self, probability: float = 0.9999, n_features: int | None = None):
+        if not 0 < probability < 1:
+            raise ValueError(f"probability must be in (0, 1), got {probability!r}")
+        self.probability = probability
+        self.n_features = None
+        self._critical = math.nan
+        if n_features is not None:
+            self.bind(n_features)
+
+    def bind(self, n_features: int) -> None:
+        self.n_features = int(n_features)
+        self._critical = float(stats.chi2.ppf(self.probability, self.n_features))
+
+    def get_params(self) -> dict[str, Any]:
+        return {"probability": self.probability, "n_features": self.n_features}
+
+    @property
+    def value(self) -> float:
+        return self._critical
+
+    def flag(self, scores: np.ndarray | None, mahalanobis_sq: np.ndarray) -> np.ndarray:
+        return np.asarray(mahalanobis_sq) > self._critical  # NaN before bind: nothing flagged
+
+
+THRESHOLDS: dict[str, type[Threshold]] = {
+    cls.kind: cls for cls in (QuantileThreshold, LogLikelihoodThreshold, Chi2Threshold)
+}
+
+
+def make_threshold(kind: str, **params: Any) -> Threshold:
+    """Build a threshold from its config: ``kind`` and that kind's parameters.
+
+    >>> make_threshold("quantile", q=0.99).value   # nothing learnt yet
+    nan
+    """
+    if kind not in THRESHOLDS:
+        raise ValueError(f"threshold kind must be one of {', '.join(THRESHOLDS)}, got {kind!r}")
+    return THRESHOLDS[kind](**params)
