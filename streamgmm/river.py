@@ -23,9 +23,9 @@ class GMMDetector(AnomalyDetector):
     missing one of them is scored and learnt with 0 in its place (river's
     habit for sparse dicts).
 
-    Learning is batched: ``learn_one`` collects events and folds them into
-    the model every ``learn_batch_size`` events (scoring always uses the
-    model as updated so far). One stepwise update per small batch costs far
+    Learning is batched: after the warm-up, ``learn_one`` collects events and
+    folds them into the model every ``learn_batch_size`` events (scoring
+    always uses the model as updated so far). One stepwise update per small batch costs far
     less than one per event and gives the same statistics to within the
     step schedule; set it to 1 for strictly per-event updates.
 
@@ -70,7 +70,8 @@ class GMMDetector(AnomalyDetector):
 
     def learn_one(self, x: dict) -> None:
         self._pending.append(self._vector(x))
-        if len(self._pending) >= self.learn_batch_size:
+        # warm-up events are cheap and every one of them sharpens the next score
+        if len(self._pending) >= self.learn_batch_size or not self.detector.is_warmed_up:
             self._flush()
 
     def _flush(self) -> None:

@@ -1,0 +1,208 @@
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture
+
+from streamgmm.checkpoint import CheckpointCorruptError
+from streamgmm.gmm import COVARIANCE_TYPES, OnlineGaussianMixture, batch_step
+
+
+def rotated_mixture(rng, n, d=2, k=3, spread=6.0):
+    means = rng.normal(0, spread, (k, d))
+    factors = []
+    for _ in range(k):
+        q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+        factors.append(q * rng.uniform(0.3, 1.5, d))
+    labels = rng.integers(0, k, n)
+    noise = rng.normal(size=(n, d))
+    return means[labels] + np.einsum("nd,nde->ne", noise, np.array(factors)[labels])
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_one_pass_of_minibatches_matches_batch_em(covariance_type):
+    rng = np.random.default_rng(3)
+    data = rotated_mixture(rng, 24000, d=3, k=3)
+    train, held_out = data[:20000], data[20000:]
+    batch = GaussianMixture(3, covariance_type=covariance_type, n_init=3, random_state=0)
+    batch.fit(train)
+    online = OnlineGaussianMixture(3, covariance_type=covariance_type, random_state=0)
+    for chunk in np.array_split(train, 10):
+        online.partial_fit(chunk)
+    assert abs(batch.score(held_out) - online.score(held_out)) < 0.02
+
+
+def test_same_mean_clusters_with_different_radii_are_recovered():
+    rng = np.random.default_rng(0)
+    data = np.concatenate([rng.normal(0, 0.3, (4000, 2)), rng.normal(0, 3.0, (4000, 2))])
+    data = data[rng.permutation(len(data))]
+    model = OnlineGaussianMixture(2, random_state=1)
+    for chunk in np.array_split(data, 40):
+        model.partial_fit(chunk)
+    radii = np.sort(np.sqrt(model.covariances_.diagonal(axis1=1, axis2=2).mean(axis=1)))
+    assert radii == pytest.approx([0.3, 3.0], rel=0.1)
+    assert model.weights_ == pytest.approx([0.5, 0.5], abs=0.05)
+
+
+def test_step_of_a_batch_compounds_the_per_event_steps():
+    # with alpha = 1 the statistics are a running average, however the stream is cut
+    assert batch_step(0, 10, 1.0, 0.0, 0.0) == pytest.approx(1.0)
+    assert batch_step(90, 10, 1.0, 0.0, 0.0) == pytest.approx(0.1)
+    one_by_one = 1.0
+    for i in range(91, 101):
+        one_by_one *= 1 - 1 / i
+    assert batch_step(90, 10, 1.0, 0.0, 0.0) == pytest.approx(1 - one_by_one)
+    # a floor keeps a forgetting model from freezing
+    assert batch_step(10**9, 1, 1.0, 0.0, 0.01) == pytest.approx(0.01)
+
+
+def test_score_then_learn_scores_with_the_model_as_it_was():
+    rng = np.random.default_rng(1)
+    data = rotated_mixture(rng, 3000)
+    a = OnlineGaussianMixture(3, random_state=0).fit(data[:1000])
+    b = OnlineGaussianMixture.from_state(a.get_state())
+    batch = data[1000:1500]
+    expected = a.score_samples(batch)
+    a.partial_fit(batch)
+    scores = b.score_then_learn(batch)
+    np.testing.assert_allclose(scores, expected)
+    np.testing.assert_allclose(b.means_, a.means_)
+    np.testing.assert_allclose(b.covariances_, a.covariances_)
+
+
+def test_result_hardly_depends_on_how_the_stream_is_cut():
+    rng = np.random.default_rng(2)
+    data = rotated_mixture(rng, 20000)
+    coarse = OnlineGaussianMixture(3, random_state=0).fit(data[:2000])
+    fine = OnlineGaussianMixture.from_state(coarse.get_state())
+    for chunk in np.array_split(data[2000:], 9):
+        coarse.partial_fit(chunk)
+    for chunk in np.array_split(data[2000:], 900):
+        fine.partial_fit(chunk)
+    held_out = rotated_mixture(np.random.default_rng(2), 20000)
+    assert abs(coarse.score(held_out) - fine.score(held_out)) < 0.01
+
+
+def test_half_life_lets_the_model_follow_a_drift():
+    rng = np.random.default_rng(4)
+    model = OnlineGaussianMixture(1, warmup=200, half_life=500, random_state=0)
+    model.partial_fit(rng.normal(0, 1, (5000, 2)))
+    for _ in range(20):
+        model.partial_fit(rng.normal(3, 1, (250, 2)))
+    assert model.means_[0] == pytest.approx([3, 3], abs=0.2)
+    still = OnlineGaussianMixture(1, warmup=200, random_state=0)
+    still.partial_fit(rng.normal(0, 1, (5000, 2)))
+    for _ in range(20):
+        still.partial_fit(rng.normal(3, 1, (250, 2)))
+    assert still.means_[0][0] < 1.5  # without forgetting, the past weighs as much
+
+
+def test_warmup_scores_honestly_then_fits():
+    rng = np.random.default_rng(5)
+    model = OnlineGaussianMixture(2, warmup=300, random_state=0)
+    first = model.score_then_learn(rng.normal(size=(200, 3)))
+    assert np.isfinite(first).all() and not model.is_fitted
+    far = model.score_samples(np.array([[10.0, 10.0, 10.0]]))
+    assert far[0] < first.min()  # the running Gaussian already says far is unlikely
+    model.score_then_learn(rng.normal(size=(200, 3)))
+    assert model.is_fitted and model.n_seen_ == 400
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_probabilities_predictions_and_explanations_agree(covariance_type):
+    rng = np.random.default_rng(6)
+    data = rotated_mixture(rng, 3000, d=3)
+    model = OnlineGaussianMixture(3, covariance_type=covariance_type, random_state=0).fit(data)
+    resp = model.predict_proba(data[:50])
+    assert resp.shape == (50, 3)
+    np.testing.assert_allclose(resp.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(model.predict(data[:50]), resp.argmax(axis=1))
+    explanation = model.explain(data[:50])
+    k = explanation["component"]
+    variances = {
+        "full": lambda c: np.diagonal(c, axis1=1, axis2=2),
+        "diag": lambda c: c,
+        "spherical": lambda c: np.repeat(c[:, None], 3, axis=1),
+    }[covariance_type](model.covariances_)
+    expected = (data[:50] - model.means_[k]) / np.sqrt(variances[k])
+    np.testing.assert_allclose(explanation["contributions"], expected)
+    assert (explanation["mahalanobis"] >= 0).all()
+
+
+def test_explanation_points_at_the_odd_feature():
+    rng = np.random.default_rng(7)
+    model = OnlineGaussianMixture(1, random_state=0).fit(rng.normal(size=(2000, 4)))
+    explanation = model.explain(np.array([[0.1, 0.0, 8.0, -0.2]]))
+    assert np.argmax(np.abs(explanation["contributions"][0])) == 2
+    assert explanation["mahalanobis"][0] == pytest.approx(8.0, rel=0.1)
+
+
+def test_auto_chooses_the_number_of_components_by_bic():
+    rng = np.random.default_rng(8)
+    centres = np.array([[0, 0], [10, 0], [0, 10]])
+    data = centres[rng.integers(0, 3, 900)] + rng.normal(size=(900, 2))
+    model = OnlineGaussianMixture("auto", random_state=0).fit(data)
+    assert model.n_components_ == 3
+
+
+def test_starved_component_is_reseeded():
+    rng = np.random.default_rng(9)
+    data = np.concatenate([rng.normal(0, 1, (500, 2)), rng.normal(50, 1, (500, 2))])
+    model = OnlineGaussianMixture(2, half_life=200, weight_floor=0.01, random_state=0).fit(data)
+    for _ in range(40):  # the cluster at 50 disappears from the stream
+        model.partial_fit(rng.normal(0, 1, (100, 2)))
+    assert model.n_reseeds_ >= 1
+    assert np.all(np.abs(model.means_) < 10)  # both components now serve the live data
+
+
+def test_bad_input_gets_a_clear_error():
+    model = OnlineGaussianMixture(1).fit(np.random.default_rng(0).normal(size=(100, 2)))
+    with pytest.raises(ValueError, match="fitted with 2"):
+        model.score_samples(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model.partial_fit(np.array([[np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="covariance_type"):
+        OnlineGaussianMixture(covariance_type="ful")
+    with pytest.raises(ValueError, match="step_alpha"):
+        OnlineGaussianMixture(step_alpha=0.3)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        OnlineGaussianMixture(warmup=10).predict(np.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_save_and_load_round_trip_exactly(tmp_path, covariance_type):
+    rng = np.random.default_rng(10)
+    data = rotated_mixture(rng, 6000, d=3)
+    model = OnlineGaussianMixture("auto", covariance_type=covariance_type, random_state=0)
+    model.partial_fit(data[:3000])
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = OnlineGaussianMixture.load(path)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(model, name))
+    assert loaded.n_seen_ == model.n_seen_ and loaded.get_params() == model.get_params()
+    # and they go on identically
+    np.testing.assert_array_equal(
+        loaded.score_then_learn(data[3000:]), model.score_then_learn(data[3000:])
+    )
+    np.testing.assert_array_equal(loaded.means_, model.means_)
+
+
+def test_save_during_warmup_keeps_the_buffer(tmp_path):
+    rng = np.random.default_rng(11)
+    data = rng.normal(size=(400, 2))
+    model = OnlineGaussianMixture(2, warmup=300, random_state=0)
+    model.partial_fit(data[:200])
+    model.save(tmp_path / "m.npz")
+    loaded = OnlineGaussianMixture.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(
+        loaded.score_then_learn(data[200:]), model.score_then_learn(data[200:])
+    )
+    np.testing.assert_array_equal(loaded.means_, model.means_)
+
+
+def test_a_damaged_model_file_is_refused(tmp_path):
+    model = OnlineGaussianMixture(1).fit(np.random.default_rng(0).normal(size=(100, 2)))
+    path = tmp_path / "m.npz"
+    model.save(path)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(CheckpointCorruptError, match="truncated or damaged"):
+        OnlineGaussianMixture.load(path)
