@@ -130,8 +130,11 @@ def test_promtool_check_rejects_a_broken_expression(tmp_path):
 
 def test_every_metric_is_one_the_daemon_exports():
     names = dash.dashboard_metric_names()
-    unknown = names - dash.DESIGN_METRICS
+    unknown = names - dash.DESIGN_METRICS - dash.EXTRA_METRICS
     assert not unknown, f"not in DESIGN.md's metric list: {sorted(unknown)}"
+    assert names & dash.DESIGN_METRICS == {
+        n for n in dash.DESIGN_METRICS if not n.endswith(("_sum", "_count"))
+    }, "every metric of the contract has a panel"
 
 
 @pytest.mark.parametrize(
@@ -141,7 +144,7 @@ def test_every_metric_is_one_the_daemon_exports():
         ("outlier rate", r"rate\(streamgmm_outliers_total"),
         ("outlier fraction", r'outliers_total.*\n?/\n?.*events_total\{status="scored"'),
         ("log-lik quantiles", r"histogram_quantile\(0\.\d+, sum by \(le\) \(rate\(\w+_log_lik"),
-        ("threshold", r"streamgmm_threshold\{"),
+        ("threshold on the log-likelihood scale", r"^-streamgmm_threshold\{"),
         ("lag per partition", r"sum by \(topic, partition\) \(streamgmm_consumer_lag"),
         ("batch p50", r"histogram_quantile\(0\.5, .*streamgmm_batch_duration_seconds_bucket"),
         ("batch p99", r"histogram_quantile\(0\.99, .*streamgmm_batch_duration_seconds_bucket"),
@@ -153,6 +156,8 @@ def test_every_metric_is_one_the_daemon_exports():
         ("checkpoint age", r"time\(\) - streamgmm_checkpoint_timestamp_seconds"),
         ("checkpoint failures", r"streamgmm_checkpoint_failures_total"),
         ("producer rebuilds", r"streamgmm_producer_rebuilds_total"),
+        ("readiness", r"streamgmm_ready\{"),
+        ("broker errors", r"sum by \(operation\) \(rate\(streamgmm_broker_errors_total"),
     ],
 )  # fmt: skip
 def test_dashboard_shows(what, pattern):
