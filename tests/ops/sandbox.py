@@ -26,7 +26,8 @@ Use it as a command prefix::
     argv = sandboxed(["streamgmm", "run", "-c", cfg], unit="systemd/streamgmm.service")
     subprocess.run(argv)
 
-:func:`available` says whether libseccomp and systemd-analyze are present.
+:func:`available` says whether libseccomp and systemd-analyze are present; the
+launcher exits with ``EX_NO_SECCOMP`` when the kernel refuses the filters.
 """
 
 from __future__ import annotations
@@ -277,11 +278,20 @@ def sandboxed(argv: list[str], *, unit: str | os.PathLike) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), policy, "--", *argv]
 
 
+#: Exit status when the filters cannot be loaded here (a container without seccomp, say):
+#: callers skip rather than fail.
+EX_NO_SECCOMP = 75
+
+
 def main(args: list[str]) -> None:
     policy, separator, *argv = args
     if separator != "--" or not argv:
         raise SystemExit("usage: sandbox.py POLICY_JSON -- COMMAND [ARG...]")
-    install(json.loads(policy))
+    try:
+        install(json.loads(policy))
+    except OSError as exc:
+        print(f"sandbox: cannot load seccomp filters here: {exc}", file=sys.stderr)
+        raise SystemExit(EX_NO_SECCOMP) from exc
     executable = shutil.which(argv[0]) or argv[0]
     os.execv(executable, argv)
 
