@@ -8,54 +8,10 @@ within that time. Each message is one datagram of newline-separated
 ``KEY=value`` assignments. A path starting with ``@`` names a socket in the
 abstract namespace (the ``@`` stands for a leading NUL byte).
 
-Outside systemd (a terminal, Docker, the tests) ``$NOTIFY_SOCKET`` is unset
-and every method is a cheap no-op, so the daemon calls them unconditionally.
-A failed send never raises: the daemon's work matters more than its
-reports to the service manager. The first failure is logged as a warning,
-later ones at debug level.
-
-Parameters
-----------
-environ
-    Where to read ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID``;
-    ``os.environ`` by default. Read once, at construction.
-clock
-    Monotonic clock in seconds, used to rate-limit watchdog pings; injectable
-    so tests need not sleep.
-timeout
-    Seconds a send may block when the manager's receive queue is full. A
-    blocked send stalls the loop, so it is short.
-
-Examples
---------
-Without ``$NOTIFY_SOCKET`` nothing is sent and nothing fails:
-
->>> notifier = Notifier(environ={})
->>> notifier.enabled, notifier.watchdog_interval()
-(False, None)
->>> notifier.ready(), notifier.watchdog(), notifier.status("idle")
-(False, False, False)
-
-With a socket, messages arrive as datagrams; watchdog pings are spaced by at
-least half of ``$WATCHDOG_USEC``:
-
->>> import os, socket, tempfile
->>> path = os.path.join(tempfile.mkdtemp(), "notify")
->>> manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
->>> manager.bind(path)
->>> now = [100.0]
->>> notifier = Notifier(environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000"},
-...                     clock=lambda: now[0])
->>> notifier.watchdog_interval()
-15.0
->>> notifier.ready(), notifier.watchdog(), notifier.watchdog()
-(True, True, False)
->>> now[0] += 15.0
->>> notifier.watchdog(), notifier.status("1200 events/s, 3 outliers")
-(True, True)
->>> [manager.recv(4096).decode() for _ in range(4)]
-['READY=1', 'WATCHDOG=1', 'WATCHDOG=1', 'STATUS=1200 events/s, 3 outliers']
->>> notifier.close(); manager.close()
+How the daemon uses it: ``ready()`` once the poll loop runs, ``watchdog()``
+on every loop tick (it rate-limits itself), ``status(...)`` with a one-line
+summary now and then, ``stopping()`` when SIGTERM arrives. See
+:class:`Notifier`.
 """
 
 from __future__ import annotations
@@ -73,7 +29,57 @@ log = logging.getLogger(__name__)
 
 
 class Notifier:
-    """Client for systemd's notify socket; see the module docstring."""
+    """Client for systemd's notify socket.
+
+    Outside systemd (a terminal, Docker, the tests) ``$NOTIFY_SOCKET`` is unset
+    and every method is a cheap no-op, so the daemon calls them unconditionally.
+    A failed send never raises: the daemon's work matters more than its
+    reports to the service manager. The first failure is logged as a warning,
+    later ones at debug level.
+
+    Parameters
+    ----------
+    environ : mapping of str to str, default=None
+        Where to read ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID``;
+        ``os.environ`` when None. Read once, at construction.
+    clock : callable returning float, default=time.monotonic
+        Monotonic clock in seconds, used to rate-limit watchdog pings; injectable
+        so tests need not sleep.
+    timeout : float, default=1.0
+        Seconds a send may block when the manager's receive queue is full. A
+        blocked send stalls the loop, so it is short.
+
+    Examples
+    --------
+    Without ``$NOTIFY_SOCKET`` nothing is sent and nothing fails:
+
+    >>> notifier = Notifier(environ={})
+    >>> notifier.enabled, notifier.watchdog_interval()
+    (False, None)
+    >>> notifier.ready(), notifier.watchdog(), notifier.status("idle")
+    (False, False, False)
+
+    With a socket, messages arrive as datagrams; watchdog pings are spaced by at
+    least half of ``$WATCHDOG_USEC``:
+
+    >>> import os, socket, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "notify")
+    >>> manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    >>> manager.bind(path)
+    >>> now = [100.0]
+    >>> notifier = Notifier(environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000"},
+    ...                     clock=lambda: now[0])
+    >>> notifier.watchdog_interval()
+    15.0
+    >>> notifier.ready(), notifier.watchdog(), notifier.watchdog()
+    (True, True, False)
+    >>> now[0] += 15.0
+    >>> notifier.watchdog(), notifier.status("1200 events/s, 3 outliers")
+    (True, True)
+    >>> [manager.recv(4096).decode() for _ in range(4)]
+    ['READY=1', 'WATCHDOG=1', 'WATCHDOG=1', 'STATUS=1200 events/s, 3 outliers']
+    >>> notifier.close(); manager.close()
+    """
 
     def __init__(
         self,
