@@ -1,0 +1,106 @@
+"""docs/operations.md says what the shipped files do: names, numbers and paths agree."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = (ROOT / "docs" / "operations.md").read_text()
+UNIT = ROOT / "systemd" / "streamgmm.service"
+REFERENCE_CONFIG = ROOT / "config" / "streamgmm.yaml"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(
+        f"_streamgmm_ops_{name}", ROOT / "tests" / "ops" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+dash = _load("dashboard")
+sandbox = _load("sandbox")
+
+
+def test_every_alert_has_its_runbook_entry():
+    rules = yaml.safe_load((ROOT / "config" / "prometheus" / "alerts.yml").read_text())
+    for rule in rules["groups"][0]["rules"]:
+        severity = rule["labels"]["severity"]
+        assert f"**{rule['alert']}** ({severity})" in DOC, rule["alert"]
+
+
+def test_repository_paths_named_in_the_guide_exist():
+    paths = set(re.findall(r"`((?:config|systemd|tests|docs)/[\w./-]+)`", DOC))
+    paths |= {"config/grafana/streamgmm.json", "systemd/streamgmm.service"}
+    missing = [p for p in paths if not (ROOT / p).exists() and p != "config/streamgmm.yaml"]
+    assert not missing
+
+
+def test_metric_names_in_the_guide_are_exported():
+    names = set(re.findall(r"\bstreamgmm_[a-z_]+[a-z]", DOC))
+    assert not names - dash.DESIGN_METRICS - dash.EXTRA_METRICS
+
+
+@pytest.mark.parametrize(
+    "key, quoted",
+    [
+        ("WatchdogSec", "`WatchdogSec=30`"),
+        ("RestartSec", "`RestartSec=5s`"),
+        ("TimeoutStopSec", "`TimeoutStopSec=60s`"),
+        ("TimeoutStartSec", "times out after 90 s"),
+    ],
+)
+def test_unit_settings_quoted_in_the_guide(key, quoted):
+    value = sandbox.unit_values(UNIT, key)[-1]
+    assert value.rstrip("s") in quoted and quoted in DOC
+
+
+def test_start_limit_in_the_guide():
+    unit = dict(sandbox.read_unit(UNIT, "Unit"))
+    assert (unit["StartLimitBurst"], unit["StartLimitIntervalSec"]) == ("5", "10min")
+    assert "five failed starts within 10 minutes" in DOC
+
+
+def test_exposure_score_in_the_guide_is_the_measured_one(tmp_path):
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is missing (Debian package: systemd)")
+    out = subprocess.run(
+        [tool, "security", "--offline=true", "--no-pager", str(UNIT)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout
+    measured = re.search(r"Overall exposure level for streamgmm\.service: ([\d.]+)", out).group(1)
+    assert f"`systemd-analyze security streamgmm` rates it {measured}" in DOC
+
+
+def test_container_variables_in_the_guide_are_the_image_ones():
+    container = (ROOT / "config" / "container.yaml").read_text()
+    documented = set(re.findall(r"`((?:KAFKA|STREAMGMM)_[A-Z_]+)`", DOC))
+    used = set(re.findall(r"\$\{((?:KAFKA|STREAMGMM)_[A-Z_]+)", container))
+    assert used - {"STREAMGMM_METRICS_HOST", "STREAMGMM_METRICS_PORT"} <= documented
+    assert "STREAMGMM_METRICS_HOST=0.0.0.0" in DOC
+    assert "10001:10001" in DOC and "USER 10001:10001" in (ROOT / "Dockerfile").read_text()
+
+
+def test_config_keys_in_the_guide_exist_in_the_reference_config():
+    if not REFERENCE_CONFIG.exists():
+        pytest.skip("config/streamgmm.yaml (the annotated reference) is not in this tree yet")
+    reference = yaml.safe_load(REFERENCE_CONFIG.read_text())
+    sections = "source|features|model|threshold|sink|checkpoint|metrics|log"
+    keys = set(re.findall(rf"`((?:{sections})\.[a-z_.]+[a-z_])`", DOC))
+    assert keys
+    for key in sorted(keys):
+        node = reference
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{key} is not a configuration key"
+            node = node[part]
