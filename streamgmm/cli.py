@@ -1,0 +1,301 @@
+"""The ``streamgmm`` command.
+
+::
+
+    streamgmm run -c FILE          the daemon
+    streamgmm demo                 embedded broker + synthetic stream + the daemon
+    streamgmm score -c FILE IN     offline: JSONL/CSV in, scored JSONL out
+    streamgmm check-config FILE    validate a configuration
+    streamgmm inspect CHECKPOINT   components, weights, events seen
+    streamgmm plot CHECKPOINT|IN   PNG of the mixture's ellipses (and outliers)
+
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration, input or checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+
+log = logging.getLogger("streamgmm.cli")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"streamgmm: {message}", file=sys.stderr)
+    return code
+
+
+def _load(path: str):
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(path), None
+    except ConfigError as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror or exc}"
+
+
+# ---------------------------------------------------------------------------
+# run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon, FatalError
+    from .logs import configure
+    from .metrics import MetricsServerError
+
+    config, error = _load(args.config)
+    if error:
+        return _fail(error)
+    configure(config.log.level, config.log.format)
+    try:
+        daemon = Daemon(config)
+    except (FatalError, MetricsServerError) as exc:
+        logging.getLogger("streamgmm").error("%s", exc)
+        return 2
+    except Exception as exc:  # a sink or source refused its options
+        logging.getLogger("streamgmm").error("cannot start: %s", exc)
+        return 2
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+# ---------------------------------------------------------------------------
+# check-config
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import redacted
+
+    config, error = _load(args.file)
+    if error:
+        return _fail(error)
+    if args.print:
+        json.dump(redacted(config), sys.stdout, indent=2, default=str)
+        print()
+    else:
+        source = config.source
+        where = source.kafka.topic if source.kind == "kafka" else source.file.path
+        print(
+            f"{args.file}: OK ({source.kind} source {where!r}, "
+            f"{len(config.features.fields)} fields, threshold {config.threshold.kind})"
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# inspect
+
+
+def describe_checkpoint(path: str) -> dict[str, Any]:
+    """What a checkpoint or model file holds, as plain JSON-able data."""
+    import numpy as np
+
+    from .checkpoint import load_state, read_fingerprint
+    from .detector import Detector
+    from .gmm import OnlineGaussianMixture
+
+    header = read_fingerprint(path)
+    state = load_state(path, kind=header["kind"])
+    info: dict[str, Any] = {"path": path, **header}
+    detector_state = state.get("detector") if "detector" in state else None
+    if header["kind"] == "Detector":
+        detector_state = state
+    if detector_state is not None:
+        detector = Detector.from_state(detector_state)
+        model = detector.model
+        info.update(
+            events_seen=detector.n_seen,
+            outliers=detector.n_outliers,
+            warmed_up=detector.is_warmed_up,
+            threshold={"kind": detector.threshold.kind, "value": detector.threshold.value},
+            regime_changes=detector.n_regime_changes,
+        )
+        if detector.standardizer is not None:
+            info["standardizer"] = {
+                "mean": detector.standardizer.mean.tolist(),
+                "scale": detector.standardizer.scale.tolist(),
+            }
+    else:
+        model = OnlineGaussianMixture.from_state(state)
+    info["model_events_learnt"] = model.n_seen_
+    info["reseeds"] = model.n_reseeds_
+    if model.is_fitted:
+        info["components"] = [
+            {"weight": float(w), "mean": np.asarray(m).tolist()}
+            for w, m in zip(model.weights_, model.means_, strict=True)
+        ]
+    if "offsets" in state:
+        info["offsets"] = state["offsets"]
+    if "written_at" in state:
+        info["written_at"] = state["written_at"]
+    return info
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+
+    try:
+        info = describe_checkpoint(args.checkpoint)
+    except FileNotFoundError:
+        return _fail(f"no file at {args.checkpoint}")
+    except CheckpointError as exc:
+        return _fail(str(exc))
+    if args.json:
+        json.dump(info, sys.stdout, indent=2, default=float)
+        print()
+        return 0
+    print(f"{info['path']}: {info['kind']} state, format version {info['format_version']}")
+    fingerprint = {k: v for k, v in info.items() if k in ("n_components", "covariance_type",
+                                                        "standardize", "fields", "n_features")}
+    print(f"  fingerprint: {json.dumps(fingerprint)}")
+    if "events_seen" in info:
+        print(f"  events seen: {info['events_seen']}  outliers: {info['outliers']}  "
+              f"warmed up: {info['warmed_up']}")
+        threshold = info["threshold"]
+        print(f"  threshold: {threshold['kind']} {threshold['value']:.4g}")
+    print(f"  events learnt by the mixture: {info['model_events_learnt']}  "
+          f"re-seeds: {info['reseeds']}")
+    for k, component in enumerate(info.get("components", [])):
+        mean = ", ".join(f"{v:.3g}" for v in component["mean"])
+        print(f"  component {k}: weight {component['weight']:.4f}  mean [{mean}]")
+    for topic, partitions in info.get("offsets", {}).items():
+        print(f"  offsets {topic}: {partitions}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# score
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .offline import score_file
+
+    config, error = _load(args.config)
+    if error:
+        return _fail(error)
+    from .logs import configure
+
+    configure(config.log.level, "text" if sys.stderr.isatty() else config.log.format)
+    try:
+        return score_file(config, args.input, args.output, args.outliers, args.format,
+                          checkpoint=args.checkpoint, progress=sys.stderr.isatty())
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+
+
+# ---------------------------------------------------------------------------
+# plot
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .plot import plot_checkpoint, plot_scored_file
+
+    try:
+        if args.config:
+            config, error = _load(args.config)
+            if error:
+                return _fail(error)
+            plot_scored_file(config, args.target, args.output, args.x, args.y)
+        else:
+            plot_checkpoint(args.target, args.output, args.x, args.y)
+    except (CheckpointError, OSError, ValueError) as exc:
+        return _fail(str(exc))
+    except ImportError:
+        return _fail("plot needs matplotlib: pip install 'streamgmm[plot]'")
+    print(f"wrote {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(duration=args.duration, rate=args.rate, metrics_port=args.metrics_port,
+                    anomaly_every=args.anomaly_every)
+
+
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamgmm",
+        description="Streaming anomaly detection with an online Gaussian mixture model.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamgmm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    run.set_defaults(func=cmd_run)
+
+    demo = commands.add_parser(
+        "demo", help="embedded broker + synthetic stream with anomalies + the daemon"
+    )
+    demo.add_argument("--duration", type=float, default=0.0,
+                      help="seconds to run (0: until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=2000.0, help="events per second")
+    demo.add_argument("--anomaly-every", type=int, default=400,
+                      help="inject one anomaly every N events")
+    demo.add_argument("--metrics-port", type=int, default=9108,
+                      help="port of the demo daemon's /metrics (0: any free port)")
+    demo.set_defaults(func=cmd_demo)
+
+    score = commands.add_parser("score", help="score a JSONL or CSV file offline")
+    score.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    score.add_argument("input", help="JSONL or CSV file, or - for standard input")
+    score.add_argument("-o", "--output", default="-",
+                       help="scored JSONL, one record per event (default: standard output)")
+    score.add_argument("--outliers", default=None, help="also write outlier records here")
+    score.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto")
+    score.add_argument("--checkpoint", default=None,
+                       help="start from this model checkpoint and save the result back to it")
+    score.set_defaults(func=cmd_score)
+
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    check.add_argument("--print", action="store_true",
+                       help="print the resolved configuration (secrets redacted)")
+    check.set_defaults(func=cmd_check_config)
+
+    inspect = commands.add_parser("inspect", help="show what a checkpoint holds")
+    inspect.add_argument("checkpoint")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=cmd_inspect)
+
+    plot = commands.add_parser("plot", help="PNG of the mixture's ellipses and outliers")
+    plot.add_argument("target", help="a checkpoint, or an input file (with -c)")
+    plot.add_argument("-c", "--config", default=None,
+                      help="score the input file with this configuration first")
+    plot.add_argument("-o", "--output", default="streamgmm.png")
+    plot.add_argument("--x", default=None, help="field on the x axis (default: the first)")
+    plot.add_argument("--y", default=None, help="field on the y axis (default: the second)")
+    plot.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # the daemon works batch by batch on one thread: BLAS threads only fight each other
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

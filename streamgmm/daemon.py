@@ -1,0 +1,596 @@
+"""The loop: poll -> decode -> score -> publish -> learn -> checkpoint -> commit.
+
+One :class:`Daemon` owns the order of side effects, which is what makes the
+guarantees hold:
+
+- a batch is scored with the model as it was before it (prequential), its
+  outliers and dead letters are handed to the sink, then the inliers are
+  learnt (all inside ``Detector.process``);
+- every ``checkpoint.interval_s``: the sink is flushed (every record sent so
+  far acknowledged), the checkpoint (model, threshold, and the offsets they
+  reflect) is written atomically, and only then are those offsets
+  committed. A crash anywhere re-reads from the last checkpoint: the model
+  learns each event once, outliers are published at least once;
+- on partition assignment each partition is read from the checkpoint's
+  offset or the group's committed one, whichever is further; on revocation
+  a checkpoint is taken and the revoked offsets committed first;
+- SIGTERM/SIGINT: the batch in hand is finished, then flush, checkpoint,
+  commit, leave the group, exit 0;
+- a broker that cannot be reached is retried with capped backoff while
+  /readyz says why; only configuration errors end the process.
+
+The daemon computes no Gaussian: that is the detector's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .checkpoint import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    load_state,
+    save_state,
+)
+from .codec import decode_batch, encode_dead_letter, encode_outlier, encode_score_records
+from .config import Config
+from .detector import BatchResult, Detector
+from .metrics import Health, Metrics, start_metrics_server
+from .notify import Notifier
+from .sinks import sink_from_config
+from .sources import SourceError, TopicPartition, source_from_config
+from .threshold import Threshold, make_threshold
+
+log = logging.getLogger("streamgmm.daemon")
+
+CHECKPOINT_KIND = "streamgmm-daemon"
+MAX_BACKOFF_S = 10.0  # below the watchdog's 15 s ping period
+FLUSH_TIMEOUT_S = 30.0
+MAX_PENDING_RECORDS = 200_000
+STATUS_EVERY_S = 10.0
+LAG_EVERY_S = 5.0
+
+
+class FatalError(Exception):
+    """A condition that no retry will fix (configuration, refused checkpoint)."""
+
+
+# ---------------------------------------------------------------------------
+# model and checkpoint
+
+
+def build_threshold(config: Config) -> Threshold:
+    t = config.threshold
+    params = {
+        "quantile": {"q": t.quantile},
+        "loglik": {"loglik": t.loglik},
+        "chi2": {"probability": t.probability},
+    }[t.kind]
+    return make_threshold(t.kind, **params)
+
+
+def build_detector(config: Config) -> Detector:
+    m = config.model
+    return Detector(
+        n_components=m.n_components,
+        covariance_type=m.covariance_type,
+        warmup=m.warmup,
+        standardize=m.standardize,
+        reg_covar=m.reg_covar,
+        half_life=m.half_life,
+        learn_from_outliers=m.learn_from_outliers,
+        threshold=build_threshold(config),
+        max_components=m.max_components,
+        random_state=m.random_state,
+    )
+
+
+def fingerprint(config: Config) -> dict[str, Any]:
+    """What a checkpoint is only valid for: the model's shape and the fields it reads."""
+    return build_detector(config).fingerprint(list(config.features.fields))
+
+
+@dataclass
+class Restored:
+    detector: Detector
+    offsets: dict[TopicPartition, int]
+    fresh_reason: str | None = None
+
+
+def _offsets_to_state(offsets: dict[TopicPartition, int]) -> dict[str, dict[str, int]]:
+    state: dict[str, dict[str, int]] = {}
+    for (topic, partition), offset in offsets.items():
+        state.setdefault(topic, {})[str(partition)] = int(offset)
+    return state
+
+
+def _offsets_from_state(state: dict[str, dict[str, int]]) -> dict[TopicPartition, int]:
+    return {
+        TopicPartition(topic, int(partition)): int(offset)
+        for topic, partitions in state.items()
+        for partition, offset in partitions.items()
+    }
+
+
+def restore(config: Config) -> Restored:
+    """The detector and offsets of the checkpoint, or fresh ones as the config allows."""
+    fresh = Restored(build_detector(config), {})
+    path = config.checkpoint.path
+    if path is None:
+        return fresh
+    try:
+        state = load_state(path, kind=CHECKPOINT_KIND, fingerprint=fingerprint(config))
+    except FileNotFoundError:
+        log.info("no checkpoint at %s: starting a new model", path)
+        return fresh
+    except CheckpointMismatchError as exc:
+        return _refuse_or_fresh(path, config.checkpoint.on_mismatch, "on_mismatch", exc, fresh)
+    except CheckpointCorruptError as exc:
+        return _refuse_or_fresh(path, config.checkpoint.on_corrupt, "on_corrupt", exc, fresh)
+    except OSError as exc:
+        raise FatalError(
+            f"checkpoint.path: cannot read {path}: {exc.strerror or exc}; fix its permissions"
+        ) from exc
+    detector = Detector.from_state(state["detector"])
+    configured = build_threshold(config)
+    if configured.get_params() != detector.threshold.get_params() or (
+        configured.kind != detector.threshold.kind
+    ):
+        log.warning(
+            "the threshold configuration changed since the checkpoint: starting the new "
+            "threshold from scratch (no outliers until it has seen inlier scores)"
+        )
+        if detector.n_features:
+            configured.bind(detector.n_features)
+        detector.threshold = configured
+    offsets = _offsets_from_state(state.get("offsets", {}))
+    log.info(
+        "resumed from checkpoint %s",
+        path,
+        extra={"fields": {"events_seen": detector.n_seen, "partitions": len(offsets)}},
+    )
+    return Restored(detector, offsets)
+
+
+def _refuse_or_fresh(
+    path: str, policy: str, key: str, exc: CheckpointError, fresh: Restored
+) -> Restored:
+    if policy == "refuse":
+        raise FatalError(f"{exc} (checkpoint.{key}: refuse)") from exc
+    kept = f"{path}.rejected-{int(time.time())}"
+    try:
+        os.replace(path, kept)
+    except OSError:
+        kept = path
+    log.error(
+        "STARTING A FRESH MODEL: %s; the rejected file is kept as %s (checkpoint.%s: fresh)",
+        exc,
+        kept,
+        key,
+    )
+    fresh.fresh_reason = str(exc)
+    return fresh
+
+
+# ---------------------------------------------------------------------------
+# the daemon
+
+
+class Daemon:
+    """The streamgmm service loop.
+
+    Parameters
+    ----------
+    config : Config
+    source, sink : optional
+        Built from the config unless given (the CLI's ``score`` passes its own).
+    metrics, health : optional
+    serve_metrics : bool
+        Start the /metrics HTTP server of ``config.metrics``.
+    on_batch : callable or None
+        Called with ``(records, decoded, result)`` after each batch (the demo
+        prints outliers from it).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        source: Any = None,
+        sink: Any = None,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+        serve_metrics: bool = True,
+        on_batch: Callable[..., None] | None = None,
+    ) -> None:
+        self.config = config
+        self.fields = list(config.features.fields)
+        self.metrics = metrics or Metrics(version=__version__)
+        self.health = health or Health()
+        self.notifier = Notifier()
+        self.on_batch = on_batch
+        restored = restore(config)
+        self.detector = restored.detector
+        self._offsets = dict(restored.offsets)
+        self.source = source if source is not None else source_from_config(config)
+        self.sink = sink if sink is not None else sink_from_config(config, self.metrics)
+        self.source.set_rebalance_callbacks(self._on_assign, self._on_revoke, self._on_lost)
+        self.kafka = config.source.kind == "kafka"
+        self.max_poll_records = config.source.kafka.max_poll_records if self.kafka else 2000
+        self.max_bytes = config.source.kafka.max_message_bytes if self.kafka else 1 << 20
+        self.server = start_metrics_server(config.metrics, self.metrics, self.health) \
+            if serve_metrics else None
+        self._stop = threading.Event()
+        self._last_checkpoint = time.monotonic()
+        self._dirty = False  # events processed since the last checkpoint
+        self._backoff = 0.0
+        self._reseeds_reported = self.detector.model.n_reseeds_
+        self._last_status = self._last_lag = 0.0
+        self._events_since_status = 0
+        self._outliers_recent: list[tuple[float, int]] = []
+        self._seen_warmup = self.detector.is_warmed_up
+        self.health.set("warmed_up", self.detector.is_warmed_up, "warming up")
+        self.health.set("assigned", not self.kafka, "no partitions assigned")
+        self.health.set("connected", not self.kafka, "not connected to the brokers yet")
+        self._publish_model_metrics(None)
+
+    # -- control ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch and shut down (thread- and signal-safe)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, frame: Any) -> None:
+            log.info("received %s: finishing the batch, then shutting down",
+                     signal.Signals(signum).name)
+            self.notifier.stopping()
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped (or a file source is exhausted); the exit code."""
+        self.notifier.ready()
+        log.info(
+            "streamgmm %s running",
+            __version__,
+            extra={"fields": {"source": self.config.source.kind, "fields": self.fields,
+                              "metrics": self.server.url if self.server else None}},
+        )
+        try:
+            while not self._stop.is_set():
+                self._tick()
+                records = self._poll()
+                if records:
+                    self._process(records)
+                    self._backoff = 0.0
+                elif self.source.exhausted:
+                    break
+                if time.monotonic() - self._last_checkpoint >= self.config.checkpoint.interval_s:
+                    self.checkpoint("interval")
+                self._report()
+        except FatalError as exc:
+            log.error("%s", exc)
+            self._close()
+            return 2
+        clean = self._shutdown()
+        return 0 if clean else 1
+
+    def _tick(self) -> None:
+        self.health.tick()
+        self.notifier.watchdog()
+
+    def _poll(self) -> list:
+        if self._sink_backlogged():
+            return []
+        try:
+            records = self.source.poll(self.max_poll_records, 1.0)
+        except SourceError as exc:
+            raise FatalError(str(exc)) from exc
+        except Exception as exc:  # broker unreachable, metadata errors: all transient
+            self.metrics.broker_errors_total.labels(operation="poll").inc()
+            self.health.set("connected", False, f"{type(exc).__name__}: {exc}")
+            self._sleep_backoff(f"cannot reach the brokers ({type(exc).__name__}: {exc})")
+            return []
+        if self.kafka:
+            connected = bool(records) or self.source.connected()
+            self.health.set("connected", connected, "no broker connection")
+            self.health.set("assigned", bool(self.source.assignment()), "no partitions assigned")
+            if not connected:
+                self._sleep_backoff("no connection to the brokers")
+        return records
+
+    def _sleep_backoff(self, why: str) -> None:
+        self._backoff = min(MAX_BACKOFF_S, max(0.5, self._backoff * 2))
+        log.warning(
+            "%s; retrying in %.1f s (check source.kafka.bootstrap_servers and the broker)",
+            why,
+            self._backoff,
+        )
+        self.notifier.status("broker unreachable, retrying")
+        deadline = time.monotonic() + self._backoff
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self._tick()
+            self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _sink_backlogged(self) -> bool:
+        pending = getattr(self.sink, "pending", 0)
+        if pending <= MAX_PENDING_RECORDS:
+            return False
+        log.warning(
+            "%d records wait for the broker's acknowledgement: pausing reads until they "
+            "drain (check the sink brokers)",
+            pending,
+        )
+        self.sink.flush(min(5.0, MAX_BACKOFF_S))
+        return True
+
+    # -- one batch ----------------------------------------------------------------
+
+    def _process(self, records: list) -> None:
+        started = time.perf_counter()
+        decoded = decode_batch(
+            [r.value for r in records], self.fields, self.config.features.key, self.max_bytes
+        )
+        self._send_dead_letters(records, decoded.errors)
+        result = None
+        if len(decoded.X):
+            result = self.detector.process(decoded.X)
+            self._send_outliers(records, decoded, result)
+            self._send_scores(records, decoded, result)
+        for record in records:
+            self._offsets[record.tp] = record.offset + 1
+        self._dirty = True
+        self._count(records, decoded, result)
+        self.metrics.batch_duration_seconds.observe(time.perf_counter() - started)
+        if self.on_batch is not None:
+            self.on_batch(records, decoded, result)
+
+    def _send_dead_letters(self, records: list, errors: Iterable) -> None:
+        errors = list(errors)
+        for error in errors:
+            record = records[error.index]
+            value = encode_dead_letter(
+                topic=record.topic, partition=record.partition, offset=record.offset,
+                timestamp_ms=record.timestamp_ms, error=error.error, reason=error.reason,
+                payload=record.value,
+            )  # fmt: skip
+            self.sink.send("dead_letter", record.key, value)
+        if errors:
+            self.metrics.count_dead_letters(error.reason for error in errors)
+            self.metrics.events_total.labels(status="invalid").inc(len(errors))
+
+    def _send_outliers(self, records: list, decoded: Any, result: BatchResult) -> None:
+        now = time.time()
+        for row in np.flatnonzero(result.is_outlier):
+            record = records[decoded.ok_index[row]]
+            key = decoded.keys[row]
+            value = encode_outlier(
+                topic=record.topic, partition=record.partition, offset=record.offset,
+                timestamp_ms=record.timestamp_ms, key=key, event=decoded.events[row],
+                log_likelihood=result.log_likelihood[row], score=result.score[row],
+                threshold=result.threshold, component=result.component[row],
+                responsibilities=result.responsibilities[row],
+                mahalanobis=result.mahalanobis[row],
+                contributions=dict(zip(self.fields, result.contributions[row].tolist(),
+                                       strict=True)),
+                model_events_seen=self.detector.n_seen, detected_at=now,
+            )  # fmt: skip
+            message_key = record.key if record.key is not None else (
+                key.encode() if key is not None else None
+            )
+            self.sink.send("outliers", message_key, value)
+
+    def _send_scores(self, records: list, decoded: Any, result: BatchResult) -> None:
+        if "scores" not in self.sink.roles:
+            return
+        rows = [records[i] for i in decoded.ok_index]
+        values = encode_score_records(
+            topics=[r.topic for r in rows], partitions=[r.partition for r in rows],
+            offsets=[r.offset for r in rows], timestamps_ms=[r.timestamp_ms for r in rows],
+            keys=decoded.keys, log_likelihood=result.log_likelihood, score=result.score,
+            threshold=result.threshold, outlier=result.is_outlier, component=result.component,
+            responsibilities=result.responsibilities, model_events_seen=self.detector.n_seen,
+        )  # fmt: skip
+        for record, value in zip(rows, values, strict=True):
+            self.sink.send("scores", record.key, value)
+
+    def _count(self, records: list, decoded: Any, result: BatchResult | None) -> None:
+        now = time.time()
+        stamps = np.array([r.timestamp_ms for r in records if r.timestamp_ms], dtype=np.float64)
+        if len(stamps):
+            self.metrics.event_delay_seconds.observe(np.maximum(now - stamps / 1000.0, 0.0))
+        self._events_since_status += len(records)
+        if result is None:
+            return
+        warmup = int(result.is_warmup.sum())
+        scored = len(result) - warmup
+        outliers = int(result.is_outlier.sum())
+        self.metrics.events_total.labels(status="warmup").inc(warmup)
+        self.metrics.events_total.labels(status="scored").inc(scored)
+        self.metrics.outliers_total.inc(outliers)
+        if outliers:
+            self._outliers_recent.append((now, outliers))
+        if scored:
+            self.metrics.log_likelihood.observe(result.log_likelihood[~result.is_warmup])
+        self._publish_model_metrics(result)
+
+    def _publish_model_metrics(self, result: BatchResult | None) -> None:
+        detector = self.detector
+        if result is not None and math.isfinite(result.threshold):
+            self.metrics.threshold.set(result.threshold)
+        if detector.is_warmed_up:
+            self.metrics.set_components(detector.model.weights_)
+            reseeds = detector.model.n_reseeds_
+            if reseeds > self._reseeds_reported:
+                self.metrics.component_reseeds_total.inc(reseeds - self._reseeds_reported)
+            self._reseeds_reported = reseeds
+            if not self._seen_warmup:
+                self._seen_warmup = True
+                log.info(
+                    "warm-up done: scoring starts",
+                    extra={"fields": {"components": detector.model.n_components_,
+                                      "events": detector.n_seen}},
+                )
+        self.health.set("warmed_up", detector.is_warmed_up,
+                        f"warming up ({detector.n_seen}/{detector.warmup} events)")
+
+    # -- checkpoints and offsets ------------------------------------------------------
+
+    def checkpoint(self, reason: str) -> bool:
+        """Flush, write the checkpoint, commit its offsets; True when all three happened."""
+        self._last_checkpoint = time.monotonic()
+        if not self.sink.flush(FLUSH_TIMEOUT_S):
+            self._report_failures()
+            log.warning(
+                "not every record was acknowledged within %.0f s: checkpoint and commit "
+                "postponed, nothing is lost (the records are retried); check the sink brokers",
+                FLUSH_TIMEOUT_S,
+            )
+            return False
+        self._report_failures()
+        path = self.config.checkpoint.path
+        if path is not None and (self._dirty or not os.path.exists(path)):
+            state = {
+                "detector": self.detector.get_state(),
+                "offsets": _offsets_to_state(self._offsets),
+                "written_at": time.time(),
+                "version": __version__,
+            }
+            try:
+                save_state(path, state, kind=CHECKPOINT_KIND, fingerprint=fingerprint(self.config))
+            except OSError as exc:
+                self.metrics.checkpoint_failures_total.inc()
+                log.error(
+                    "cannot write the checkpoint %s: %s; offsets are not committed until it "
+                    "can be (a restart would re-read from the last good checkpoint): make "
+                    "its directory writable and give it space",
+                    path,
+                    exc.strerror or exc,
+                )
+                return False
+            self.metrics.checkpoint_timestamp_seconds.set(time.time())
+        self._dirty = False
+        return self._commit(reason)
+
+    def _commit(self, reason: str) -> bool:
+        offsets = {tp: o for tp, o in self._offsets.items() if tp in self.source.assignment()}
+        if not offsets:
+            return True
+        try:
+            self.source.commit(offsets)
+        except Exception as exc:  # a rebalance in progress, a broker away: retried next time
+            self.metrics.broker_errors_total.labels(operation="commit").inc()
+            log.warning(
+                "could not commit offsets (%s): %s; the checkpoint holds them, the next "
+                "checkpoint commits again",
+                reason,
+                exc,
+            )
+            return False
+        return True
+
+    def _report_failures(self) -> None:
+        for failure in self.sink.take_failures():
+            self.metrics.broker_errors_total.labels(operation="send").inc()
+            log.error(
+                "a %s record can never be delivered to %s: %s; it is logged here in full so it "
+                "is not lost: %s",
+                failure.role,
+                failure.destination,
+                failure.error,
+                failure.value[:4096].decode("utf-8", "replace"),
+            )
+
+    def _on_revoke(self, partitions: set[TopicPartition]) -> None:
+        log.info("partitions revoked: checkpointing and committing them first",
+                 extra={"fields": {"partitions": sorted(map(tuple, partitions))}})
+        self.checkpoint("revoke")
+        for tp in partitions:
+            self._offsets.pop(tp, None)
+
+    def _on_lost(self, partitions: set[TopicPartition]) -> None:
+        log.warning("partitions lost to the group (session timed out): they will be re-read "
+                    "by their next owner", extra={"fields": {"partitions": sorted(partitions)}})
+        for tp in partitions:
+            self._offsets.pop(tp, None)
+
+    def _on_assign(self, partitions: set[TopicPartition]) -> None:
+        targets = {}
+        committed: dict[TopicPartition, int | None] = {}
+        try:
+            committed = self.source.committed(partitions)
+        except Exception as exc:
+            log.warning("cannot read the group's committed offsets (%s): using the "
+                        "checkpoint's", exc)
+        for tp in partitions:
+            candidates = [o for o in (self._offsets.get(tp), committed.get(tp)) if o is not None]
+            if candidates:
+                targets[tp] = max(candidates)
+        if targets:
+            self.source.seek(targets)
+        log.info("partitions assigned", extra={"fields": {
+            "partitions": {f"{tp.topic}:{tp.partition}": targets.get(tp) for tp in partitions}}})
+        self.health.set("assigned", bool(partitions), "no partitions assigned")
+
+    # -- reporting ----------------------------------------------------------------
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if self.kafka and now - self._last_lag >= LAG_EVERY_S:
+            self._last_lag = now
+            try:
+                self.metrics.set_lag(self.source.lag())
+            except Exception as exc:
+                log.debug("lag unavailable: %s", exc)
+        if now - self._last_status >= STATUS_EVERY_S:
+            elapsed = now - self._last_status if self._last_status else STATUS_EVERY_S
+            self._last_status = now
+            wall = time.time()
+            self._outliers_recent = [(t, n) for t, n in self._outliers_recent if wall - t < 60]
+            recent = sum(n for _, n in self._outliers_recent)
+            rate = self._events_since_status / elapsed
+            self._events_since_status = 0
+            if not self.detector.is_warmed_up:
+                text = f"warming up {self.detector.n_seen}/{self.detector.warmup}"
+            else:
+                text = f"{rate:.0f} events/s, {recent} outliers in the last minute"
+            self.notifier.status(text)
+
+    # -- shutdown -----------------------------------------------------------------
+
+    def _shutdown(self) -> bool:
+        self.notifier.stopping()
+        clean = self.checkpoint("shutdown")
+        if not clean:
+            log.warning("shutting down with records unacknowledged or offsets uncommitted: the "
+                        "next start re-reads from the last checkpoint, nothing is lost")
+        self._close()
+        log.info("stopped", extra={"fields": {"events_seen": self.detector.n_seen,
+                                              "outliers": self.detector.n_outliers}})
+        return True
+
+    def _close(self) -> None:
+        for closer in (self.source.close, lambda: self.sink.close(FLUSH_TIMEOUT_S)):
+            try:
+                closer()
+            except Exception as exc:
+                log.warning("while closing: %s", exc)
+        if self.server is not None:
+            self.server.stop()
