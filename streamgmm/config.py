@@ -884,6 +884,18 @@ def _cross_checks(cfg: Config, env: Mapping[str, str], errors: list[str]) -> Con
         sink_kafka,
         client=_check_client(sink_kafka.client, "sink.kafka.client", "producer", env, errors),
     )
+    client = source_kafka.client
+    if "session_timeout_ms" in client or "heartbeat_interval_ms" in client:
+        defaults = _kafka_defaults("consumer")
+        session = client.get("session_timeout_ms", defaults["session_timeout_ms"])
+        heartbeat = client.get("heartbeat_interval_ms", defaults["heartbeat_interval_ms"])
+        numbers = isinstance(session, (int, float)) and isinstance(heartbeat, (int, float))
+        if numbers and heartbeat >= session:
+            errors.append(
+                f"source.kafka.client.session_timeout_ms: must be greater than "
+                f"heartbeat_interval_ms ({heartbeat}); set heartbeat_interval_ms to about "
+                "a third of the session timeout"
+            )
     if sink.kind == "kafka":
         outputs = {
             "sink.kafka.topic": sink_kafka.topic,

@@ -295,6 +295,15 @@ def test_bad_client_option_names_the_key(path, option, value, expected):
     assert expected in error
 
 
+def test_session_timeout_must_exceed_the_heartbeat():
+    (error,) = errors_of(with_("source.kafka.client.session_timeout_ms", 3000))
+    assert error.startswith(
+        "source.kafka.client.session_timeout_ms: must be greater than heartbeat_interval_ms (3000)"
+    )
+    raw = with_("source.kafka.client", {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500})
+    assert parse_config(raw, env={}).source.kafka.client["session_timeout_ms"] == 3000
+
+
 # ---------------------------------------------------------------------------
 # environment variables
 
