@@ -1,0 +1,684 @@
+"""Where events come from: a Kafka consumer group, or a JSONL file / standard input.
+
+Both sources speak the small :class:`Source` protocol the daemon uses:
+
+``poll(max_records, timeout_s) -> list[Record]``
+    Up to ``max_records`` records, waiting at most about ``timeout_s``.
+``commit(offsets)`` / ``seek(offsets)``
+    ``offsets`` maps :class:`TopicPartition` to the *next* offset to read
+    (last processed + 1), as Kafka does.
+``assignment()``, ``lag()``, ``connected()``, ``close()``
+``set_rebalance_callbacks(on_assign, on_revoke, on_lost=None)``
+    The daemon's hooks, called with sets of :class:`TopicPartition`.
+
+Rebalance callbacks run while :meth:`poll` is in progress (kafka-python runs
+them on its IO thread, with the caller blocked in ``poll``), so they never
+race the daemon's loop. Inside them, :meth:`KafkaSource.commit` and
+:meth:`KafkaSource.seek` are safe: a commit made in ``on_revoke`` is sent
+before the partitions are given up. ``on_lost`` (partitions taken away after
+the group evicted this member) cannot commit; by default it is ``on_revoke``
+with commits ignored. :meth:`close` does not call ``on_revoke``: commit what
+you need before closing.
+
+:class:`TopicPartition` is a plain ``(topic, partition)`` named tuple, equal to
+(and hashing like) kafka-python's own, so either can be used as a key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import select
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO, NamedTuple, Protocol, runtime_checkable
+
+__all__ = [
+    "CommitError",
+    "FileSource",
+    "KafkaSource",
+    "Record",
+    "Source",
+    "SourceError",
+    "TopicPartition",
+    "source_from_config",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TopicPartition(NamedTuple):
+    """A partition of a topic; equal to kafka-python's ``TopicPartition``."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One message as read: where it is, when it was written, its raw key and value."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+class SourceError(RuntimeError):
+    """The source cannot be used as configured; the message says why."""
+
+
+class CommitError(SourceError):
+    """Offsets could not be committed (e.g. the group rebalanced); they will be re-read."""
+
+
+PartitionsCallback = Callable[[set[TopicPartition]], None]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the daemon needs from a source of records."""
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]: ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def lag(self) -> dict[TopicPartition, int | None]: ...
+
+    def connected(self) -> bool: ...
+
+    def set_rebalance_callbacks(
+        self,
+        on_assign: PartitionsCallback | None,
+        on_revoke: PartitionsCallback | None,
+        on_lost: PartitionsCallback | None = None,
+    ) -> None: ...
+
+    @property
+    def exhausted(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------
+# Kafka
+
+
+def _kafka():
+    import kafka
+
+    return kafka
+
+
+#: Default wait for a first broker when creating the consumer (kafka-python's is 30 s).
+DEFAULT_BOOTSTRAP_TIMEOUT_MS = 10_000
+
+
+class KafkaSource:
+    """A kafka-python consumer in a group, committing only when told to.
+
+    ``enable_auto_commit`` is off: offsets are committed by :meth:`commit`,
+    which the daemon calls after each checkpoint. Client options (security,
+    timeouts...) pass through unchanged.
+
+    Parameters
+    ----------
+    bootstrap_servers : sequence of str
+    topic : str
+    group_id : str
+    auto_offset_reset : {"earliest", "latest"}
+        Where to start in a partition without committed or sought offset.
+    max_poll_records : int
+        Default for :meth:`poll`'s ``max_records``.
+    client : mapping
+        Extra ``KafkaConsumer`` options.
+    consumer_factory : callable
+        Builds the consumer (``kafka.KafkaConsumer``); for tests.
+    """
+
+    exhausted = False
+
+    def __init__(
+        self,
+        bootstrap_servers: Iterable[str],
+        topic: str,
+        group_id: str,
+        auto_offset_reset: str = "earliest",
+        max_poll_records: int = 2000,
+        client: Mapping[str, Any] | None = None,
+        consumer_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        kafka = _kafka()
+        options = dict(client or {})
+        if isinstance(options.get("api_version"), list):
+            options["api_version"] = tuple(options["api_version"])
+        factory = consumer_factory or kafka.KafkaConsumer
+        defaults = getattr(factory, "DEFAULT_CONFIG", {})
+        if "bootstrap_timeout_ms" in defaults:
+            # kafka-python waits this long for a first broker, in the constructor:
+            # keep the daemon's loop (and its liveness) moving while Kafka is down
+            options.setdefault("bootstrap_timeout_ms", DEFAULT_BOOTSTRAP_TIMEOUT_MS)
+        options.update(
+            bootstrap_servers=list(bootstrap_servers),
+            group_id=group_id,
+            auto_offset_reset=auto_offset_reset,
+            max_poll_records=max_poll_records,
+            enable_auto_commit=False,
+        )
+        self.topic = topic
+        self.group_id = group_id
+        self.max_poll_records = max_poll_records
+        self._options = options
+        self._factory = factory
+        self._consumer: Any = None
+        self._on_assign: PartitionsCallback | None = None
+        self._on_revoke: PartitionsCallback | None = None
+        self._on_lost: PartitionsCallback | None = None
+        self._callback_error: BaseException | None = None
+        self._callback_thread: int | None = None
+        self._callback_commits: dict[TopicPartition, int] | None = None
+        self._positions: dict[TopicPartition, int] = {}
+        self._closed = False
+        self._last_error: str | None = None
+        self._async_listener = hasattr(kafka, "AsyncConsumerRebalanceListener")
+
+    # -- setup -------------------------------------------------------------------
+
+    def set_rebalance_callbacks(
+        self,
+        on_assign: PartitionsCallback | None,
+        on_revoke: PartitionsCallback | None,
+        on_lost: PartitionsCallback | None = None,
+    ) -> None:
+        """Register the daemon's hooks; call before the first :meth:`poll`."""
+        self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
+
+    def _ensure_consumer(self) -> Any:
+        if self._closed:
+            raise SourceError("the source is closed")
+        if self._consumer is None:
+            kafka = _kafka()
+            try:
+                consumer = self._factory(**self._options)
+            except (kafka.errors.KafkaConfigurationError, TypeError, ValueError) as exc:
+                raise SourceError(f"source.kafka.client: kafka-python refused it: {exc}") from exc
+            except kafka.errors.KafkaError as exc:  # brokers unreachable: try again later
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("cannot connect to Kafka (%s); retrying", self._last_error)
+                return None
+            consumer.subscribe([self.topic], listener=self._listener())
+            self._consumer = consumer
+        return self._consumer
+
+    def _listener(self):
+        kafka = _kafka()
+        source = self
+        if self._async_listener:
+
+            class AsyncListener(kafka.AsyncConsumerRebalanceListener):
+                async def on_partitions_revoked(self, revoked):
+                    commits = source._run_callback(source._on_revoke, revoked, "on_revoke")
+                    await source._commit_from_callback(commits)
+
+                async def on_partitions_assigned(self, assigned):
+                    source._run_callback(source._on_assign, assigned, "on_assign")
+
+                async def on_partitions_lost(self, lost):
+                    source._run_callback(
+                        source._on_lost or source._on_revoke, lost, "on_lost", lost=True
+                    )
+
+            return AsyncListener()
+
+        class SyncListener(kafka.ConsumerRebalanceListener):  # kafka-python 2.x
+            def on_partitions_revoked(self, revoked):
+                commits = source._run_callback(source._on_revoke, revoked, "on_revoke")
+                if commits:
+                    source._commit_now(commits)
+
+            def on_partitions_assigned(self, assigned):
+                source._run_callback(source._on_assign, assigned, "on_assign")
+
+        return SyncListener()
+
+    def _run_callback(
+        self,
+        callback: PartitionsCallback | None,
+        partitions: Iterable,
+        name: str,
+        lost: bool = False,
+    ) -> dict[TopicPartition, int]:
+        """Run a daemon hook; return the commits it asked for (sent by the listener)."""
+        parts = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
+        if name in ("on_revoke", "on_lost"):
+            for tp in parts:
+                self._positions.pop(tp, None)
+        log.info("%s: %s", name, sorted(parts))
+        if callback is None or (not parts and name != "on_assign"):
+            return {}
+        self._callback_thread = threading.get_ident()
+        self._callback_commits = {}
+        try:
+            callback(parts)
+        except BaseException as exc:  # re-raised from poll() on the daemon's thread
+            log.exception("the %s callback failed", name)
+            if self._callback_error is None:
+                self._callback_error = exc
+        finally:
+            commits = self._callback_commits or {}
+            self._callback_thread = None
+            self._callback_commits = None
+        if lost and commits:
+            log.warning(
+                "partitions %s were lost (evicted from the group): their offsets "
+                "cannot be committed; they will be re-read",
+                sorted(parts),
+            )
+            return {}
+        return commits
+
+    async def _commit_from_callback(self, commits: Mapping[TopicPartition, int]) -> None:
+        if not commits:
+            return
+        try:
+            future = self._consumer.commit_async(self._kafka_offsets(commits))
+            if inspect.isawaitable(future):  # a kafka.future.Future, completed by this loop
+                await future
+        except Exception as exc:
+            log.warning(
+                "commit before revocation failed (%s); those events will be re-read "
+                "by the partitions' next owner",
+                exc,
+            )
+
+    # -- reading -----------------------------------------------------------------
+
+    def poll(self, max_records: int | None = None, timeout_s: float = 1.0) -> list[Record]:
+        """Up to ``max_records`` records; ``[]`` on timeout or a transient broker error.
+
+        Raises
+        ------
+        SourceError
+            The configuration is refused by kafka-python.
+        BaseException
+            Whatever a rebalance callback raised (re-raised here, on the caller's thread).
+        """
+        kafka = _kafka()
+        started = time.monotonic()
+        consumer = self._ensure_consumer()
+        if consumer is None:
+            time.sleep(max(0.0, timeout_s - (time.monotonic() - started)))
+            return []
+        max_records = max_records or self.max_poll_records
+        try:
+            batches = consumer.poll(
+                timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records
+            )
+            self._last_error = None
+        except kafka.errors.KafkaError as exc:
+            self._raise_callback_error()
+            self._last_error = str(exc)
+            log.warning("poll failed (%s: %s); retrying", type(exc).__name__, exc)
+            return []
+        self._raise_callback_error()
+        records: list[Record] = []
+        for tp, messages in batches.items():
+            for m in messages:
+                records.append(Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value))
+            if messages:
+                self._positions[TopicPartition(tp.topic, tp.partition)] = messages[-1].offset + 1
+        return records
+
+    def _raise_callback_error(self) -> None:
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
+
+    # -- offsets -----------------------------------------------------------------
+
+    @staticmethod
+    def _kafka_offsets(offsets: Mapping[TopicPartition, int]) -> dict:
+        kafka = _kafka()
+        return {
+            kafka.TopicPartition(tp[0], tp[1]): kafka.OffsetAndMetadata(int(offset), "", -1)
+            for tp, offset in offsets.items()
+        }
+
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float = 30.0) -> None:
+        """Commit the next offsets to read of assigned partitions (others are skipped).
+
+        Inside a rebalance callback the commit is sent before the partitions
+        are released. Raises :class:`CommitError` when the broker refuses it.
+        """
+        offsets = {TopicPartition(*tp): int(o) for tp, o in offsets.items()}
+        if self._callback_thread == threading.get_ident() and self._callback_commits is not None:
+            self._callback_commits.update(offsets)
+            return
+        consumer = self._ensure_consumer()
+        if consumer is None:
+            raise CommitError(f"not connected to Kafka ({self._last_error}); nothing committed")
+        assigned = self.assignment()
+        skipped = sorted(set(offsets) - assigned)
+        if skipped:
+            log.info("not committing partitions no longer assigned: %s", skipped)
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if offsets:
+            self._commit_now(offsets, consumer, timeout_s)
+
+    def _commit_now(self, offsets, consumer=None, timeout_s: float = 30.0) -> None:
+        kafka = _kafka()
+        consumer = consumer or self._consumer
+        try:
+            try:
+                consumer.commit(self._kafka_offsets(offsets), timeout_ms=int(timeout_s * 1000))
+            except TypeError:  # kafka-python 2.x: no timeout_ms
+                consumer.commit(self._kafka_offsets(offsets))
+        except kafka.errors.KafkaError as exc:
+            raise CommitError(
+                f"committing {dict(sorted(offsets.items()))} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Read each assigned partition from the given offset next (others are skipped)."""
+        kafka = _kafka()
+        consumer = self._ensure_consumer()
+        assigned = self.assignment() if consumer is not None else set()
+        for tp, offset in offsets.items():
+            tp = TopicPartition(*tp)
+            if tp not in assigned:
+                log.info("not seeking %s: not assigned", tp)
+                continue
+            consumer.seek(kafka.TopicPartition(tp.topic, tp.partition), int(offset))
+            self._positions[tp] = int(offset)
+
+    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets (``None``: nothing committed)."""
+        kafka = _kafka()
+        consumer = self._ensure_consumer()
+        if consumer is None:
+            raise SourceError(f"not connected to Kafka ({self._last_error})")
+        return {
+            TopicPartition(*tp): consumer.committed(kafka.TopicPartition(*tp)) for tp in partitions
+        }
+
+    def assignment(self) -> set[TopicPartition]:
+        if self._consumer is None:
+            return set()
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment() or ()}
+
+    def lag(self, timeout_s: float = 5.0) -> dict[TopicPartition, int | None]:
+        """Per assigned partition: end offset minus the next offset to read (None: unknown).
+
+        Uses the high watermark of the last fetch when there is one, else asks
+        the broker for end offsets (bounded by ``timeout_s``).
+        """
+        kafka = _kafka()
+        assigned = self.assignment()
+        if not assigned:
+            return {}
+        consumer = self._consumer
+        ends: dict[TopicPartition, int | None] = {}
+        missing = []
+        for tp in assigned:
+            high = consumer.highwater(kafka.TopicPartition(*tp))
+            if high is None:
+                missing.append(kafka.TopicPartition(*tp))
+            ends[tp] = high
+        if missing:
+            try:
+                for ktp, end in consumer.end_offsets(
+                    missing, timeout_ms=int(timeout_s * 1000)
+                ).items():
+                    ends[TopicPartition(ktp.topic, ktp.partition)] = end
+            except (kafka.errors.KafkaError, TypeError) as exc:
+                log.debug("end offsets unavailable: %s", exc)
+        lags: dict[TopicPartition, int | None] = {}
+        for tp, end in ends.items():
+            position = self._positions.get(tp)
+            if position is None:
+                with contextlib.suppress(Exception):
+                    position = consumer.position(
+                        kafka.TopicPartition(*tp), timeout_ms=int(timeout_s * 1000)
+                    )
+            lags[tp] = None if end is None or position is None else max(0, end - position)
+        return lags
+
+    def connected(self) -> bool:
+        """A connection to some broker of the cluster is up, and the last poll did not fail."""
+        if self._consumer is None or self._last_error is not None:
+            return False
+        client = getattr(self._consumer, "_client", None)
+        try:
+            brokers = client.cluster.brokers()
+            ids = [getattr(b, "node_id", getattr(b, "nodeId", None)) for b in brokers]
+            return any(client.connected(i) for i in ids if i is not None)
+        except Exception:  # another kafka-python layout: fall back to the public probe
+            try:
+                return bool(self._consumer.bootstrap_connected())
+            except Exception:
+                return False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Leave the group and close (no autocommit; ``on_revoke`` is not called)."""
+        if self._closed:
+            return
+        self._closed = True
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        self._on_assign = self._on_revoke = self._on_lost = None
+        try:
+            consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
+        except TypeError:  # kafka-python 2.x
+            consumer.close(autocommit=False)
+        except Exception as exc:
+            log.warning("closing the consumer: %s", exc)
+
+
+# ---------------------------------------------------------------------------
+# files
+
+
+class FileSource:
+    """JSONL lines from a file or standard input, one record per line.
+
+    Offsets are zero-based line indexes (the line number minus one), the
+    partition is 0 and the topic is the file's name (``"stdin"`` for ``-``).
+    Empty lines are records too (the codec reports them as ``empty``), so
+    offsets always match line numbers. :meth:`poll` honours its timeout on
+    pipes and terminals; :attr:`exhausted` turns true at the end of the input.
+
+    Parameters
+    ----------
+    path : str
+        File to read, or ``"-"`` for standard input.
+    stream : binary file or None
+        Read this instead of opening ``path`` (for tests and embedding).
+
+    Examples
+    --------
+    >>> import io
+    >>> src = FileSource("-", stream=io.BytesIO(b'{"x": 1}\\n\\n{"x": 2}'))
+    >>> [(r.offset, r.value) for r in src.poll(10, 0.1)]
+    [(0, b'{"x": 1}'), (1, b''), (2, b'{"x": 2}')]
+    >>> src.exhausted
+    True
+    """
+
+    def __init__(self, path: str = "-", stream: BinaryIO | None = None) -> None:
+        self.path = path
+        if stream is not None:
+            self._stream = stream
+            self._owned = False
+        elif path == "-":
+            self._stream = sys.stdin.buffer
+            self._owned = False
+        else:
+            try:
+                self._stream = open(path, "rb")  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise SourceError(
+                    f"source.file.path: cannot open {path!r}: {exc.strerror or exc}"
+                ) from exc
+            self._owned = True
+        self.topic = "stdin" if path == "-" else os.path.basename(path)
+        self._tp = TopicPartition(self.topic, 0)
+        self._next = 0  # offset of the next line to return
+        self._buffer = b""
+        self._eof = False
+        self._skip_to = 0
+        self._committed: int | None = None
+        self._on_assign: PartitionsCallback | None = None
+        self._assigned_once = False
+        self._fd = self._fileno()
+        self._selectable = self._fd is not None and not _is_regular(self._fd)
+
+    def _fileno(self) -> int | None:
+        try:
+            return self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+
+    @property
+    def exhausted(self) -> bool:
+        return self._eof and not self._buffer
+
+    def set_rebalance_callbacks(self, on_assign, on_revoke, on_lost=None) -> None:
+        """Files have one partition, always assigned: ``on_assign`` runs on the first poll."""
+        self._on_assign = on_assign
+        self._assigned_once = False
+
+    def _read_chunk(self, timeout_s: float) -> bytes | None:
+        """Up to 64 KiB; ``None`` if nothing arrived within the timeout (pipes only)."""
+        if self._selectable:
+            ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout_s))
+            if not ready:
+                return None
+            return os.read(self._fd, 65536)
+        reader = getattr(self._stream, "read1", None) or self._stream.read
+        return reader(65536)
+
+    def poll(self, max_records: int = 2000, timeout_s: float = 1.0) -> list[Record]:
+        """Up to ``max_records`` lines (a partial last line waits for its newline or EOF)."""
+        if self._on_assign is not None and not self._assigned_once:
+            self._assigned_once = True
+            self._on_assign({self._tp})
+        deadline = time.monotonic() + timeout_s
+        records: list[Record] = []
+        while len(records) < max_records:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
+                self._emit(line, records)
+                continue
+            if self._eof:
+                if self._buffer:  # last line without a newline
+                    line, self._buffer = self._buffer, b""
+                    self._emit(line, records)
+                break
+            if records and self._selectable:
+                # return what we have rather than wait for more from a pipe
+                chunk = self._read_chunk(0)
+            else:
+                chunk = self._read_chunk(max(0.0, deadline - time.monotonic()))
+            if chunk is None:
+                break
+            if not chunk:
+                self._eof = True
+                continue
+            self._buffer += chunk
+        return records
+
+    def _emit(self, line: bytes, records: list[Record]) -> None:
+        offset = self._next
+        self._next += 1
+        if offset < self._skip_to:
+            return
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        records.append(Record(self.topic, 0, offset, None, None, line))
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Remember the committed offset (files keep no group state)."""
+        for tp, offset in offsets.items():
+            if TopicPartition(*tp) == self._tp:
+                self._committed = int(offset)
+
+    @property
+    def committed_offset(self) -> int | None:
+        return self._committed
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Skip forward to an offset (a restart from a checkpoint); backward only on files."""
+        for tp, offset in offsets.items():
+            if TopicPartition(*tp) != self._tp:
+                continue
+            offset = int(offset)
+            if offset >= self._next:
+                self._skip_to = offset
+            elif self._owned or not self._selectable:
+                try:
+                    self._stream.seek(0)
+                except (OSError, AttributeError, ValueError) as exc:
+                    raise SourceError(f"cannot seek back in {self.path}: {exc}") from exc
+                self._buffer, self._eof, self._next, self._skip_to = b"", False, 0, offset
+            else:
+                raise SourceError(f"cannot seek back to line {offset + 1} of a stream")
+
+    def assignment(self) -> set[TopicPartition]:
+        return {self._tp}
+
+    def lag(self) -> dict[TopicPartition, int | None]:
+        """Unknown for files (the number of lines left is not known without reading)."""
+        return {self._tp: 0 if self.exhausted else None}
+
+    def connected(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._owned:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+
+
+def _is_regular(fd: int) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+
+
+def source_from_config(config: Any) -> KafkaSource | FileSource:
+    """Build the source a :class:`streamgmm.config.Config` describes."""
+    src = config.source
+    if src.kind == "file":
+        return FileSource(src.file.path)
+    k = src.kafka
+    return KafkaSource(
+        k.bootstrap_servers,
+        k.topic,
+        k.group_id,
+        k.auto_offset_reset,
+        k.max_poll_records,
+        k.client,
+    )
