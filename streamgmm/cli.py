@@ -154,16 +154,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"{info['path']}: {info['kind']} state, format version {info['format_version']}")
-    fingerprint = {k: v for k, v in info.items() if k in ("n_components", "covariance_type",
-                                                        "standardize", "fields", "n_features")}
+    fingerprint = {
+        k: v
+        for k, v in info.items()
+        if k in ("n_components", "covariance_type", "standardize", "fields", "n_features")
+    }
     print(f"  fingerprint: {json.dumps(fingerprint)}")
     if "events_seen" in info:
-        print(f"  events seen: {info['events_seen']}  outliers: {info['outliers']}  "
-              f"warmed up: {info['warmed_up']}")
+        print(
+            f"  events seen: {info['events_seen']}  outliers: {info['outliers']}  "
+            f"warmed up: {info['warmed_up']}"
+        )
         threshold = info["threshold"]
         print(f"  threshold: {threshold['kind']} {threshold['value']:.4g}")
-    print(f"  events learnt by the mixture: {info['model_events_learnt']}  "
-          f"re-seeds: {info['reseeds']}")
+    print(
+        f"  events learnt by the mixture: {info['model_events_learnt']}  "
+        f"re-seeds: {info['reseeds']}"
+    )
     for k, component in enumerate(info.get("components", [])):
         mean = ", ".join(f"{v:.3g}" for v in component["mean"])
         print(f"  component {k}: weight {component['weight']:.4f}  mean [{mean}]")
@@ -186,8 +193,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     configure(config.log.level, "text" if sys.stderr.isatty() else config.log.format)
     try:
-        return score_file(config, args.input, args.output, args.outliers, args.format,
-                          checkpoint=args.checkpoint, progress=sys.stderr.isatty())
+        return score_file(
+            config,
+            args.input,
+            args.output,
+            args.outliers,
+            args.format,
+            checkpoint=args.checkpoint,
+            progress=sys.stderr.isatty(),
+        )
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
 
@@ -223,8 +237,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(duration=args.duration, rate=args.rate, metrics_port=args.metrics_port,
-                    anomaly_every=args.anomaly_every)
+    return run_demo(
+        duration=args.duration,
+        rate=args.rate,
+        metrics_port=args.metrics_port,
+        anomaly_every=args.anomaly_every,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -245,30 +263,44 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="embedded broker + synthetic stream with anomalies + the daemon"
     )
-    demo.add_argument("--duration", type=float, default=0.0,
-                      help="seconds to run (0: until Ctrl-C)")
+    demo.add_argument(
+        "--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)"
+    )
     demo.add_argument("--rate", type=float, default=2000.0, help="events per second")
-    demo.add_argument("--anomaly-every", type=int, default=400,
-                      help="inject one anomaly every N events")
-    demo.add_argument("--metrics-port", type=int, default=9108,
-                      help="port of the demo daemon's /metrics (0: any free port)")
+    demo.add_argument(
+        "--anomaly-every", type=int, default=400, help="inject one anomaly every N events"
+    )
+    demo.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9108,
+        help="port of the demo daemon's /metrics (0: any free port)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     score = commands.add_parser("score", help="score a JSONL or CSV file offline")
     score.add_argument("-c", "--config", required=True, help="YAML configuration file")
     score.add_argument("input", help="JSONL or CSV file, or - for standard input")
-    score.add_argument("-o", "--output", default="-",
-                       help="scored JSONL, one record per event (default: standard output)")
+    score.add_argument(
+        "-o",
+        "--output",
+        default="-",
+        help="scored JSONL, one record per event (default: standard output)",
+    )
     score.add_argument("--outliers", default=None, help="also write outlier records here")
     score.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto")
-    score.add_argument("--checkpoint", default=None,
-                       help="start from this model checkpoint and save the result back to it")
+    score.add_argument(
+        "--checkpoint",
+        default=None,
+        help="start from this model checkpoint and save the result back to it",
+    )
     score.set_defaults(func=cmd_score)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
-    check.add_argument("--print", action="store_true",
-                       help="print the resolved configuration (secrets redacted)")
+    check.add_argument(
+        "--print", action="store_true", help="print the resolved configuration (secrets redacted)"
+    )
     check.set_defaults(func=cmd_check_config)
 
     inspect = commands.add_parser("inspect", help="show what a checkpoint holds")
@@ -278,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="PNG of the mixture's ellipses and outliers")
     plot.add_argument("target", help="a checkpoint, or an input file (with -c)")
-    plot.add_argument("-c", "--config", default=None,
-                      help="score the input file with this configuration first")
+    plot.add_argument(
+        "-c", "--config", default=None, help="score the input file with this configuration first"
+    )
     plot.add_argument("-o", "--output", default="streamgmm.png")
     plot.add_argument("--x", default=None, help="field on the x axis (default: the first)")
     plot.add_argument("--y", default=None, help="field on the y axis (default: the second)")

@@ -230,8 +230,11 @@ class Daemon:
         self.kafka = config.source.kind == "kafka"
         self.max_poll_records = config.source.kafka.max_poll_records if self.kafka else 2000
         self.max_bytes = config.source.kafka.max_message_bytes if self.kafka else 1 << 20
-        self.server = start_metrics_server(config.metrics, self.metrics, self.health) \
-            if serve_metrics else None
+        self.server = (
+            start_metrics_server(config.metrics, self.metrics, self.health)
+            if serve_metrics
+            else None
+        )
         self._stop = threading.Event()
         self._last_checkpoint = time.monotonic()
         self._dirty = False  # events processed since the last checkpoint
@@ -254,8 +257,9 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, frame: Any) -> None:
-            log.info("received %s: finishing the batch, then shutting down",
-                     signal.Signals(signum).name)
+            log.info(
+                "received %s: finishing the batch, then shutting down", signal.Signals(signum).name
+            )
             self.notifier.stopping()
             self.stop()
 
@@ -270,8 +274,13 @@ class Daemon:
         log.info(
             "streamgmm %s running",
             __version__,
-            extra={"fields": {"source": self.config.source.kind, "fields": self.fields,
-                              "metrics": self.server.url if self.server else None}},
+            extra={
+                "fields": {
+                    "source": self.config.source.kind,
+                    "fields": self.fields,
+                    "metrics": self.server.url if self.server else None,
+                }
+            },
         )
         try:
             while not self._stop.is_set():
@@ -392,8 +401,10 @@ class Daemon:
                                        strict=True)),
                 model_events_seen=self.detector.n_seen, detected_at=now,
             )  # fmt: skip
-            message_key = record.key if record.key is not None else (
-                key.encode() if key is not None else None
+            message_key = (
+                record.key
+                if record.key is not None
+                else (key.encode() if key is not None else None)
             )
             self.sink.send("outliers", message_key, value)
 
@@ -445,11 +456,18 @@ class Daemon:
                 self._seen_warmup = True
                 log.info(
                     "warm-up done: scoring starts",
-                    extra={"fields": {"components": detector.model.n_components_,
-                                      "events": detector.n_seen}},
+                    extra={
+                        "fields": {
+                            "components": detector.model.n_components_,
+                            "events": detector.n_seen,
+                        }
+                    },
                 )
-        self.health.set("warmed_up", detector.is_warmed_up,
-                        f"warming up ({detector.n_seen}/{detector.warmup} events)")
+        self.health.set(
+            "warmed_up",
+            detector.is_warmed_up,
+            f"warming up ({detector.n_seen}/{detector.warmup} events)",
+        )
 
     # -- checkpoints and offsets ------------------------------------------------------
 
@@ -519,15 +537,20 @@ class Daemon:
             )
 
     def _on_revoke(self, partitions: set[TopicPartition]) -> None:
-        log.info("partitions revoked: checkpointing and committing them first",
-                 extra={"fields": {"partitions": sorted(map(tuple, partitions))}})
+        log.info(
+            "partitions revoked: checkpointing and committing them first",
+            extra={"fields": {"partitions": sorted(map(tuple, partitions))}},
+        )
         self.checkpoint("revoke")
         for tp in partitions:
             self._offsets.pop(tp, None)
 
     def _on_lost(self, partitions: set[TopicPartition]) -> None:
-        log.warning("partitions lost to the group (session timed out): they will be re-read "
-                    "by their next owner", extra={"fields": {"partitions": sorted(partitions)}})
+        log.warning(
+            "partitions lost to the group (session timed out): they will be re-read "
+            "by their next owner",
+            extra={"fields": {"partitions": sorted(partitions)}},
+        )
         for tp in partitions:
             self._offsets.pop(tp, None)
 
@@ -537,16 +560,25 @@ class Daemon:
         try:
             committed = self.source.committed(partitions)
         except Exception as exc:
-            log.warning("cannot read the group's committed offsets (%s): using the "
-                        "checkpoint's", exc)
+            log.warning(
+                "cannot read the group's committed offsets (%s): using the checkpoint's", exc
+            )
         for tp in partitions:
             candidates = [o for o in (self._offsets.get(tp), committed.get(tp)) if o is not None]
             if candidates:
                 targets[tp] = max(candidates)
         if targets:
             self.source.seek(targets)
-        log.info("partitions assigned", extra={"fields": {
-            "partitions": {f"{tp.topic}:{tp.partition}": targets.get(tp) for tp in partitions}}})
+        log.info(
+            "partitions assigned",
+            extra={
+                "fields": {
+                    "partitions": {
+                        f"{tp.topic}:{tp.partition}": targets.get(tp) for tp in partitions
+                    }
+                }
+            },
+        )
         self.health.set("assigned", bool(partitions), "no partitions assigned")
 
     # -- reporting ----------------------------------------------------------------
@@ -579,11 +611,20 @@ class Daemon:
         self.notifier.stopping()
         clean = self.checkpoint("shutdown")
         if not clean:
-            log.warning("shutting down with records unacknowledged or offsets uncommitted: the "
-                        "next start re-reads from the last checkpoint, nothing is lost")
+            log.warning(
+                "shutting down with records unacknowledged or offsets uncommitted: the "
+                "next start re-reads from the last checkpoint, nothing is lost"
+            )
         self._close()
-        log.info("stopped", extra={"fields": {"events_seen": self.detector.n_seen,
-                                              "outliers": self.detector.n_outliers}})
+        log.info(
+            "stopped",
+            extra={
+                "fields": {
+                    "events_seen": self.detector.n_seen,
+                    "outliers": self.detector.n_outliers,
+                }
+            },
+        )
         return True
 
     def _close(self) -> None:

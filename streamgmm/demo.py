@@ -47,8 +47,12 @@ def synthetic_event(rng: np.random.Generator, anomaly: int | None = None) -> dic
     mean, spread = PROFILES[kind]
     cpu, mem, latency = rng.normal(mean, spread)
     latency += 0.4 * (cpu - mean[0])  # a loaded host answers slower: correlated fields
-    event = {"host": f"{kind}-{rng.integers(1, 6)}", "cpu": round(float(cpu), 2),
-             "mem": round(float(mem), 2), "latency_ms": round(float(max(latency, 0.1)), 2)}
+    event = {
+        "host": f"{kind}-{rng.integers(1, 6)}",
+        "cpu": round(float(cpu), 2),
+        "mem": round(float(mem), 2),
+        "latency_ms": round(float(max(latency, 0.1)), 2),
+    }
     if anomaly is not None:
         event.update(ANOMALIES[anomaly][1])
         event["injected"] = True
@@ -130,8 +134,9 @@ def demo_config(bootstrap: str, checkpoint: str, metrics_port: int) -> Any:
     })  # fmt: skip
 
 
-def run_demo(duration: float = 0.0, rate: float = 2000.0, metrics_port: int = 9108,
-             anomaly_every: int = 400) -> int:
+def run_demo(
+    duration: float = 0.0, rate: float = 2000.0, metrics_port: int = 9108, anomaly_every: int = 400
+) -> int:
     """Run the demo until Ctrl-C or ``duration`` seconds; the exit code."""
     from .daemon import Daemon
     from .logs import configure
@@ -147,8 +152,9 @@ def run_demo(duration: float = 0.0, rate: float = 2000.0, metrics_port: int = 91
             daemon = Daemon(config, on_batch=_printer(list(config.features.fields), caught))
         except MetricsServerError:
             config = demo_config(broker.bootstrap, os.path.join(state, "model.npz"), 0)
-            daemon = Daemon(config, serve_metrics=False,
-                            on_batch=_printer(list(config.features.fields), caught))
+            daemon = Daemon(
+                config, serve_metrics=False, on_batch=_printer(list(config.features.fields), caught)
+            )
             print(f"(port {metrics_port} is busy: metrics disabled; use --metrics-port)")
         producer = Producer(broker.bootstrap, rate, anomaly_every)
         producer.start()
@@ -159,8 +165,11 @@ def run_demo(duration: float = 0.0, rate: float = 2000.0, metrics_port: int = 91
         )
         if daemon.server is not None:
             print(f"metrics: {daemon.server.url}/metrics  (health: /healthz, /readyz)")
-        print("the model warms up on the first 1000 events, then outliers appear below;"
-              " Ctrl-C stops.", flush=True)
+        print(
+            "the model warms up on the first 1000 events, then outliers appear below;"
+            " Ctrl-C stops.",
+            flush=True,
+        )
         stop = threading.Event()
 
         def request_stop(*_: Any) -> None:

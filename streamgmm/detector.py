@@ -331,8 +331,7 @@ class Detector:
         if self.warmup_trim > 0:
             # trimmed likelihood: anomalies in the warm-up must not get a component of their own
             log_likelihood = self.model.score_samples(Z)
-            Z = Z[log_likelihood >= np.quantile(log_likelihood, self.warmup_trim)]
-            self.model.fit(Z)
+            self.model.fit(Z[log_likelihood >= np.quantile(log_likelihood, self.warmup_trim)])
             self.model.n_seen_ = len(buffer)
         self.threshold.bind(buffer.shape[1])
         self.threshold.initialise(-(self.model.score_samples(Z) - self.standardizer.log_scale_sum))

@@ -99,13 +99,20 @@ def plot_checkpoint(path: str, output: str, x: str | None = None, y: str | None 
     i, j = _axes(fields, x, y)
     fig, ax = plt.subplots(figsize=(6, 5))
     _draw(ax, component_ellipses(detector, i, j))
-    _save(fig, ax, output, f"{detector.model.n_components_} components, "
-          f"{detector.n_seen:,} events", fields[i], fields[j])
+    _save(
+        fig,
+        ax,
+        output,
+        f"{detector.model.n_components_} components, {detector.n_seen:,} events",
+        fields[i],
+        fields[j],
+    )
     plt.close(fig)
 
 
-def plot_scored_file(config: Any, path: str, output: str, x: str | None = None,
-                     y: str | None = None) -> None:
+def plot_scored_file(
+    config: Any, path: str, output: str, x: str | None = None, y: str | None = None
+) -> None:
     """Score a JSONL file with ``config`` and draw its events, outliers and final ellipses."""
     import matplotlib
 

@@ -1,0 +1,161 @@
+"""Start the real ``streamgmm run`` process against the test broker, and talk to it.
+
+Used by the daemon integration tests: the process is started as a user
+would start it (a YAML file, ``python -m streamgmm.cli run -c FILE``), its
+/metrics and /readyz are read over HTTP, and it is stopped with real
+signals (SIGTERM, SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+FIELDS = ["a", "b", "c"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def normal_events(rng: np.random.Generator, n: int, start_id: int = 0) -> list[dict]:
+    centres = np.array([[0.0, 0.0, 0.0], [8.0, 8.0, 0.0]])
+    rows = centres[rng.integers(0, 2, n)] + rng.normal(size=(n, 3))
+    return [
+        {"id": start_id + i, "host": f"h{i % 7}", **dict(zip(FIELDS, map(float, row), strict=True))}
+        for i, row in enumerate(rows)
+    ]
+
+
+def anomaly(event_id: int) -> dict:
+    return {"id": event_id, "host": "bad", "a": 40.0, "b": -40.0, "c": 40.0, "injected": True}
+
+
+def encode(events: list[dict]) -> list[bytes]:
+    return [json.dumps(e).encode() for e in events]
+
+
+def write_config(
+    tmp_path: Path, bootstrap: str, topics: dict[str, str], group: str, **overrides
+) -> tuple[Path, int]:
+    port = free_port()
+    config = {
+        "source": {"kind": "kafka", "kafka": {
+            "bootstrap_servers": [bootstrap], "topic": topics["events"], "group_id": group,
+            "max_poll_records": 500,
+            "client": {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500},
+        }},
+        "features": {"fields": FIELDS, "key": "host"},
+        "model": {"warmup": 300, "random_state": 0},
+        "sink": {"kind": "kafka", "kafka": {
+            "topic": topics["outliers"], "dead_letter_topic": topics["dead"],
+            "client": {"linger_ms": 5},
+        }},
+        "checkpoint": {"path": str(tmp_path / "state" / "model.npz"), "interval_s": 1},
+        "metrics": {"host": "127.0.0.1", "port": port},
+        "log": {"level": "INFO", "format": "json"},
+    }  # fmt: skip
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    (tmp_path / "state").mkdir(exist_ok=True)
+    path = tmp_path / "streamgmm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, port
+
+
+class DaemonProcess:
+    """One ``streamgmm run`` process; its log goes to ``log_path``."""
+
+    def __init__(
+        self, config_path: Path, port: int, log_path: Path, env: dict | None = None
+    ) -> None:
+        self.port = port
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamgmm.cli", "run", "-c", str(config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def metrics_text(self) -> str:
+        return self.get("/metrics")[1].decode()
+
+    def metric(self, name: str, labels: str = "") -> float:
+        prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+        for line in self.metrics_text().splitlines():
+            if line.startswith(prefix):
+                return float(line.split()[-1])
+        return 0.0
+
+    def wait_until(self, predicate, deadline_s: float = 30.0, what: str = "") -> None:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"the daemon exited ({self.process.returncode}):\n" + self.log_tail()
+                )
+            try:
+                if predicate():
+                    return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}:\n" + self.log_tail())
+
+    def scored(self) -> float:
+        return sum(
+            self.metric("streamgmm_events_total", f'status="{s}"')
+            for s in ("scored", "warmup", "invalid")
+        )
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout_s)
+
+    def kill(self) -> int:
+        self.process.kill()
+        return self.wait(10)
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.process.wait(timeout_s)
+        finally:
+            self._log.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def log_records(self) -> list[dict]:
+        records = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+        return records
