@@ -558,7 +558,8 @@ class Daemon:
         targets = {}
         committed: dict[TopicPartition, int | None] = {}
         try:
-            committed = self.source.committed(partitions)
+            if hasattr(self.source, "committed"):  # a file has no group
+                committed = self.source.committed(partitions)
         except Exception as exc:
             log.warning(
                 "cannot read the group's committed offsets (%s): using the checkpoint's", exc

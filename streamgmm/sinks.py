@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -567,14 +568,14 @@ class FileSink:
             self._open("outliers", path, stdout)
             self._open("dead_letter", dead_letter_path, stderr)
             if scores_path is not None:
-                self._open("scores", scores_path, None)
+                self._open("scores", scores_path, stdout)
         except OSError:
             self.close()
             raise
 
     def _open(self, role: str, path: str | None, default: BinaryIO | None) -> None:
         if path is None or path == "-":
-            name = "<stdout>" if role == "outliers" else "<stderr>"
+            name = "<stderr>" if role == "dead_letter" else "<stdout>"
             self._files[role] = (name, default, False)  # type: ignore[arg-type]
             return
         try:
@@ -614,8 +615,8 @@ class FileSink:
             for name, handle_io, owned in self._files.values():
                 try:
                     handle_io.flush()
-                    if owned:
-                        os.fsync(handle_io.fileno())
+                    if owned and stat.S_ISREG(os.fstat(handle_io.fileno()).st_mode):
+                        os.fsync(handle_io.fileno())  # devices and pipes have nothing to sync
                 except (OSError, ValueError) as exc:
                     log.error("cannot flush %s: %s", name, exc)
                     ok = False

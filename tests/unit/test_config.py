@@ -77,7 +77,7 @@ def test_reference_yaml_comments_every_key():
 def test_defaults_match_the_design():
     cfg = parse_config(MINIMAL, env={})
     assert cfg.model.n_components == "auto" and cfg.model.max_components == 8
-    assert cfg.model.covariance_type == "full" and cfg.model.warmup == 500
+    assert cfg.model.covariance_type == "diag" and cfg.model.warmup == 500
     assert cfg.model.standardize is True and cfg.model.learn_from_outliers is False
     assert cfg.model.reg_covar == 1e-2 and cfg.model.half_life is None
     assert cfg.threshold.kind == "quantile" and cfg.threshold.quantile == 0.999
