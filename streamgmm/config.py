@@ -26,7 +26,7 @@ Examples
 >>> cfg = parse_config({"features": {"fields": ["cpu", "mem"]},
 ...                     "model": {"n_components": 3}})
 >>> cfg.model.n_components, cfg.model.covariance_type, cfg.threshold.quantile
-(3, 'full', 0.999)
+(3, 'diag', 0.999)
 >>> cfg.source.kafka.bootstrap_servers
 ('localhost:9092',)
 >>> parse_config({"features": {"fields": ["cpu"]}, "model": {"covariance_type": "ful"}})
