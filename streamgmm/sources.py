@@ -20,6 +20,13 @@ the group evicted this member) cannot commit; by default it is ``on_revoke``
 with commits ignored. :meth:`close` does not call ``on_revoke``: commit what
 you need before closing.
 
+Keep the hooks short (well under the session timeout): while they run,
+kafka-python sends no heartbeats. Network look-ups (:meth:`KafkaSource.lag`,
+:meth:`KafkaSource.committed`) cannot run inside them and raise
+:class:`SourceError` there. To start a partition where the group left off,
+do nothing in ``on_assign``: without a seek the consumer resumes from the
+committed offset, else from ``auto_offset_reset``.
+
 :class:`TopicPartition` is a plain ``(topic, partition)`` named tuple, equal to
 (and hashing like) kafka-python's own, so either can be used as a key.
 """
@@ -306,6 +313,13 @@ class KafkaSource:
                 exc,
             )
 
+    def _refuse_in_callback(self, what: str) -> None:
+        if self._callback_thread == threading.get_ident():
+            raise SourceError(
+                f"{what} needs the network and cannot run inside a rebalance callback; "
+                "call it from the loop instead"
+            )
+
     # -- reading -----------------------------------------------------------------
 
     def poll(self, max_records: int | None = None, timeout_s: float = 1.0) -> list[Record]:
@@ -408,6 +422,7 @@ class KafkaSource:
 
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets (``None``: nothing committed)."""
+        self._refuse_in_callback("committed()")
         kafka = _kafka()
         consumer = self._ensure_consumer()
         if consumer is None:
@@ -427,6 +442,7 @@ class KafkaSource:
         Uses the high watermark of the last fetch when there is one, else asks
         the broker for end offsets (bounded by ``timeout_s``).
         """
+        self._refuse_in_callback("lag()")
         kafka = _kafka()
         assigned = self.assignment()
         if not assigned:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from streamgmm.sources import KafkaSource, Record, Source, TopicPartition
+from streamgmm.sources import KafkaSource, Record, Source, SourceError, TopicPartition
 
 pytestmark = pytest.mark.integration
 
@@ -178,14 +178,20 @@ def test_rebalance_revokes_before_assigning_and_keeps_revoke_commits(broker, top
 
 def test_callback_errors_surface_from_poll(broker, topic, unique):
     source = make_source(broker, topic, unique("g"))
+    refused = []
 
     def broken(parts):
+        try:
+            source.lag()  # a network look-up: refused inside a callback, with a reason
+        except SourceError as exc:
+            refused.append(str(exc))
         raise RuntimeError("daemon bug")
 
     source.set_rebalance_callbacks(broken, None)
     try:
         with pytest.raises(RuntimeError, match="daemon bug"):
             poll_until([source], lambda got: False, deadline_s=10)
+        assert refused and "cannot run inside a rebalance callback" in refused[0]
     finally:
         source.close()
 
