@@ -95,8 +95,11 @@ def test_committed_offsets_are_where_the_next_member_starts(broker, topic, uniqu
     finally:
         first.close()
     second = make_source(broker, topic, group)
+    seen_in_hook = []
+    second.set_rebalance_callbacks(lambda parts: seen_in_hook.append(second.committed(parts)), None)
     try:
         (records,) = poll_until([second], lambda got: len(got[0]) >= 6)
+        assert seen_in_hook == [{TopicPartition(topic, 0): 6, TopicPartition(topic, 1): 8}]
         assert sorted((r.partition, r.offset) for r in records) == [
             (0, 6),
             (0, 7),
@@ -115,6 +118,7 @@ def test_seek_in_on_assign_is_honoured(broker, topic, unique):
 
     def on_assign(parts):
         assigned.append(parts)
+        assert source.committed(parts) == dict.fromkeys(parts)  # a new group: nothing yet
         source.seek({tp: 7 for tp in parts})  # e.g. offsets from a checkpoint
 
     source.set_rebalance_callbacks(on_assign, None)
