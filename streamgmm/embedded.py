@@ -75,7 +75,11 @@ def _free_port(host: str) -> int:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: SIGKILL the broker if the process that started it dies (no orphans)."""
+    """Linux: SIGKILL the broker if the process that started it dies (no orphans).
+
+    The kernel ties this to the *thread* that started the broker: start it from
+    a thread that lives as long as the broker should (the main thread).
+    """
     try:
         import ctypes
 

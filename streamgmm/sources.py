@@ -20,6 +20,14 @@ the group evicted this member) cannot commit; by default it is ``on_revoke``
 with commits ignored. :meth:`close` does not call ``on_revoke``: commit what
 you need before closing.
 
+Keep the hooks short (well under the session timeout): while they run,
+kafka-python sends no heartbeats. Inside ``on_assign``,
+:meth:`KafkaSource.committed` answers for the partitions being assigned (they
+are fetched before the hook runs); other network look-ups
+(:meth:`KafkaSource.lag`, other partitions' offsets) cannot run inside a hook
+and raise :class:`SourceError`. Without a seek in ``on_assign``, a partition
+resumes from the group's committed offset, else from ``auto_offset_reset``.
+
 :class:`TopicPartition` is a plain ``(topic, partition)`` named tuple, equal to
 (and hashing like) kafka-python's own, so either can be used as a key.
 """
@@ -127,6 +135,8 @@ def _kafka():
 
 #: Default wait for a first broker when creating the consumer (kafka-python's is 30 s).
 DEFAULT_BOOTSTRAP_TIMEOUT_MS = 10_000
+#: Bound on fetching the group's committed offsets when partitions are assigned.
+PREFETCH_TIMEOUT_MS = 10_000
 
 
 class KafkaSource:
@@ -192,6 +202,7 @@ class KafkaSource:
         self._callback_error: BaseException | None = None
         self._callback_thread: int | None = None
         self._callback_commits: dict[TopicPartition, int] | None = None
+        self._callback_committed: dict[TopicPartition, int | None] | None = None
         self._positions: dict[TopicPartition, int] = {}
         self._closed = False
         self._last_error: str | None = None
@@ -236,7 +247,13 @@ class KafkaSource:
                     await source._commit_from_callback(commits)
 
                 async def on_partitions_assigned(self, assigned):
-                    source._run_callback(source._on_assign, assigned, "on_assign")
+                    # committed offsets fetched here, on the IO loop, so the hook can
+                    # ask for them (a blocking fetch is impossible inside it)
+                    source._callback_committed = await source._prefetch_committed(assigned)
+                    try:
+                        source._run_callback(source._on_assign, assigned, "on_assign")
+                    finally:
+                        source._callback_committed = None
 
                 async def on_partitions_lost(self, lost):
                     source._run_callback(
@@ -292,6 +309,25 @@ class KafkaSource:
             return {}
         return commits
 
+    async def _prefetch_committed(self, partitions) -> dict[TopicPartition, int | None] | None:
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        fetch = getattr(coordinator, "fetch_committed_offsets_async", None)
+        if fetch is None or not partitions or self._on_assign is None:
+            return None
+        try:
+            offsets = await fetch(set(partitions), timeout_ms=PREFETCH_TIMEOUT_MS)
+        except Exception as exc:
+            log.warning("cannot read the group's committed offsets on assignment: %s", exc)
+            return None
+        result: dict[TopicPartition, int | None] = {}
+        for tp in partitions:
+            meta = offsets.get(tp)
+            offset = getattr(meta, "offset", None)
+            result[TopicPartition(tp.topic, tp.partition)] = (
+                offset if offset is not None and offset >= 0 else None
+            )
+        return result
+
     async def _commit_from_callback(self, commits: Mapping[TopicPartition, int]) -> None:
         if not commits:
             return
@@ -304,6 +340,13 @@ class KafkaSource:
                 "commit before revocation failed (%s); those events will be re-read "
                 "by the partitions' next owner",
                 exc,
+            )
+
+    def _refuse_in_callback(self, what: str) -> None:
+        if self._callback_thread == threading.get_ident():
+            raise SourceError(
+                f"{what} needs the network and cannot run inside a rebalance callback; "
+                "call it from the loop instead"
             )
 
     # -- reading -----------------------------------------------------------------
@@ -408,6 +451,12 @@ class KafkaSource:
 
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets (``None``: nothing committed)."""
+        wanted = [TopicPartition(*tp) for tp in partitions]
+        cached = self._callback_committed
+        in_hook = cached is not None and self._callback_thread == threading.get_ident()
+        if in_hook and all(tp in cached for tp in wanted):  # fetched for on_assign
+            return {tp: cached[tp] for tp in wanted}
+        self._refuse_in_callback("committed() of partitions not being assigned")
         kafka = _kafka()
         consumer = self._ensure_consumer()
         if consumer is None:
@@ -427,6 +476,7 @@ class KafkaSource:
         Uses the high watermark of the last fetch when there is one, else asks
         the broker for end offsets (bounded by ``timeout_s``).
         """
+        self._refuse_in_callback("lag()")
         kafka = _kafka()
         assigned = self.assignment()
         if not assigned:

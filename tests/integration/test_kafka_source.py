@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from streamgmm.sources import KafkaSource, Record, Source, TopicPartition
+from streamgmm.sources import KafkaSource, Record, Source, SourceError, TopicPartition
 
 pytestmark = pytest.mark.integration
 
@@ -95,8 +95,11 @@ def test_committed_offsets_are_where_the_next_member_starts(broker, topic, uniqu
     finally:
         first.close()
     second = make_source(broker, topic, group)
+    seen_in_hook = []
+    second.set_rebalance_callbacks(lambda parts: seen_in_hook.append(second.committed(parts)), None)
     try:
         (records,) = poll_until([second], lambda got: len(got[0]) >= 6)
+        assert seen_in_hook == [{TopicPartition(topic, 0): 6, TopicPartition(topic, 1): 8}]
         assert sorted((r.partition, r.offset) for r in records) == [
             (0, 6),
             (0, 7),
@@ -115,6 +118,7 @@ def test_seek_in_on_assign_is_honoured(broker, topic, unique):
 
     def on_assign(parts):
         assigned.append(parts)
+        assert source.committed(parts) == dict.fromkeys(parts)  # a new group: nothing yet
         source.seek({tp: 7 for tp in parts})  # e.g. offsets from a checkpoint
 
     source.set_rebalance_callbacks(on_assign, None)
@@ -178,14 +182,20 @@ def test_rebalance_revokes_before_assigning_and_keeps_revoke_commits(broker, top
 
 def test_callback_errors_surface_from_poll(broker, topic, unique):
     source = make_source(broker, topic, unique("g"))
+    refused = []
 
     def broken(parts):
+        try:
+            source.lag()  # a network look-up: refused inside a callback, with a reason
+        except SourceError as exc:
+            refused.append(str(exc))
         raise RuntimeError("daemon bug")
 
     source.set_rebalance_callbacks(broken, None)
     try:
         with pytest.raises(RuntimeError, match="daemon bug"):
             poll_until([source], lambda got: False, deadline_s=10)
+        assert refused and "cannot run inside a rebalance callback" in refused[0]
     finally:
         source.close()
 

@@ -438,3 +438,12 @@ def test_load_config_expands_the_environment(tmp_path, monkeypatch):
     path.write_text("features:\n  fields: [a]\nsource:\n  kafka:\n    topic: ${GMM_TOPIC}\n")
     monkeypatch.setenv("GMM_TOPIC", "from-env")
     assert load_config(path).source.kafka.topic == "from-env"
+
+
+def test_docs_configuration_md_is_the_generated_reference():
+    path = REPO / "docs" / "configuration.md"
+    assert path.read_text() == C.reference_markdown(), (
+        "docs/configuration.md is stale: regenerate it with "
+        "python -c 'from streamgmm import config; print(config.reference_markdown(), end=\"\")'"
+        " > docs/configuration.md"
+    )

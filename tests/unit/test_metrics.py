@@ -311,3 +311,14 @@ def test_reference_lists_every_metric():
     for name in CONTRACT:
         assert f"`{name}`" in text
     assert "| `streamgmm_consumer_lag` | gauge | topic, partition |" in text
+
+
+def test_docs_metrics_md_is_the_generated_reference():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+    assert path.read_text() == reference_markdown(), (
+        "docs/metrics.md is stale: regenerate it with "
+        "python -c 'from streamgmm import metrics; print(metrics.reference_markdown(), end=\"\")'"
+        " > docs/metrics.md"
+    )
