@@ -61,6 +61,7 @@ FLUSH_TIMEOUT_S = 30.0
 MAX_PENDING_RECORDS = 200_000
 STATUS_EVERY_S = 10.0
 LAG_EVERY_S = 5.0
+SLOW_ITERATION_S = 0.25
 
 
 class FatalError(Exception):
@@ -285,21 +286,44 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 self._tick()
+                began = time.monotonic()
                 records = self._poll()
+                polled = time.monotonic()
                 if records:
                     self._process(records)
                     self._backoff = 0.0
                 elif self.source.exhausted:
                     break
-                if time.monotonic() - self._last_checkpoint >= self.config.checkpoint.interval_s:
+                processed = time.monotonic()
+                if processed - self._last_checkpoint >= self.config.checkpoint.interval_s:
                     self.checkpoint("interval")
                 self._report()
+                self._note_slow(began, polled, processed, len(records))
         except FatalError as exc:
             log.error("%s", exc)
             self._close()
             return 2
         clean = self._shutdown()
         return 0 if clean else 1
+
+    def _note_slow(self, began: float, polled: float, processed: float, n: int) -> None:
+        """Say where the time went when one iteration holds events back noticeably."""
+        ended = time.monotonic()
+        if ended - began < SLOW_ITERATION_S or (
+            n == 0 and processed - polled < 0.05 and ended - processed < 0.05
+        ):
+            return
+        log.info(
+            "slow loop iteration",
+            extra={
+                "fields": {
+                    "poll_ms": round(1000 * (polled - began)),
+                    "process_ms": round(1000 * (processed - polled)),
+                    "checkpoint_and_report_ms": round(1000 * (ended - processed)),
+                    "events": n,
+                }
+            },
+        )
 
     def _tick(self) -> None:
         self.health.tick()

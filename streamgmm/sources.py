@@ -183,6 +183,10 @@ class KafkaSource:
             # kafka-python waits this long for a first broker, in the constructor:
             # keep the daemon's loop (and its liveness) moving while Kafka is down
             options.setdefault("bootstrap_timeout_ms", DEFAULT_BOOTSTRAP_TIMEOUT_MS)
+        # Tansu holds a fetch for the whole fetch_max_wait_ms even when data arrives
+        # meanwhile (kafka-python's default 500 ms gave a 300 ms p99 poll at 5,000
+        # events/s); 50 ms costs an idle consumer 20 small requests a second.
+        options.setdefault("fetch_max_wait_ms", 50)
         options.update(
             bootstrap_servers=list(bootstrap_servers),
             group_id=group_id,

@@ -1,0 +1,296 @@
+"""End to end through Kafka: the daemon's rate against a bare consumer's, and outlier delay.
+
+Two measurements on one embedded broker (Tansu), in the same run:
+
+1. Throughput. N JSON events with 8 numeric fields are written to a topic.
+   A bare kafka-python consumer reads the whole topic and JSON-decodes every
+   value (the least any consumer must do); then the real ``streamgmm run``
+   process, in a fresh group, reads, decodes, scores, learns and publishes
+   the outliers of the same topic. Both rates are events per second from the
+   first event read to the last; the ratio is the figure
+   (target: at least 0.6).
+2. Delay. A producer writes a steady 5,000 events/s with one anomaly in 100;
+   a reader tails the outlier topic. Delay = arrival of the outlier record
+   at the reader (so after the broker acknowledged it) minus the event's own
+   timestamp: an upper bound of "event timestamp to outlier acknowledged".
+   Reported: p50, p99, max (target: p99 under 100 ms).
+
+Run: ``python benchmarks/end_to_end.py [--events 200000] [--rate 5000 --seconds 30]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from streamgmm.embedded import EmbeddedBroker
+
+FIELDS = [f"f{j}" for j in range(8)]
+RESULTS = Path(__file__).resolve().parent / "results"
+FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+def events(rng: np.random.Generator, n: int, anomaly_every: int = 0) -> list[bytes]:
+    centres = rng.normal(0, 5, (4, 8))
+    rows = centres[rng.integers(0, 4, n)] + rng.normal(size=(n, 8))
+    out = []
+    for i, row in enumerate(rows):
+        anomalous = anomaly_every and i % anomaly_every == anomaly_every - 1
+        if anomalous:
+            row = row + 40.0
+        event = {
+            "id": i,
+            "host": f"h{i % 50}",
+            **dict(zip(FIELDS, row.round(4).tolist(), strict=True)),
+        }
+        if anomalous:
+            event["injected"] = True
+        out.append(json.dumps(event).encode())
+    return out
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    for value in values:
+        producer.send(topic, value)
+    producer.flush(120)
+    producer.close(10)
+
+
+def bare_consumer_rate(bootstrap: str, topic: str, n: int) -> float:
+    """Events/s of a kafka-python consumer that reads and JSON-decodes the topic.
+
+    It decodes with orjson when installed, as the daemon does, so the ratio
+    compares the work on top of decoding, not two JSON parsers.
+    """
+    from kafka import KafkaConsumer
+
+    try:
+        from orjson import loads
+    except ImportError:
+        loads = json.loads
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{time.time()}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=2000,
+        fetch_max_wait_ms=50,
+        **FAST,
+    )
+    seen, first = 0, None
+    deadline = time.monotonic() + 300
+    while seen < n and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            if first is None:
+                first = time.perf_counter()
+            for message in batch:
+                loads(message.value)
+            seen += sum(1 for _ in batch)
+    elapsed = time.perf_counter() - first
+    consumer.close()
+    if seen < n:
+        raise RuntimeError(f"the bare consumer read only {seen} of {n} events")
+    return n / elapsed
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_daemon(workdir: str, bootstrap: str, topic: str, outliers: str, group: str):
+    port = free_port()
+    config = {
+        "source": {"kind": "kafka", "kafka": {
+            "bootstrap_servers": [bootstrap], "topic": topic, "group_id": group,
+            "max_poll_records": 2000, "client": FAST}},
+        "features": {"fields": FIELDS, "key": "host"},
+        "model": {"warmup": 2000, "random_state": 0},
+        "sink": {"kind": "kafka", "kafka": {"topic": outliers,
+                                            "dead_letter_topic": f"{outliers}-dead"}},
+        "checkpoint": {"path": os.path.join(workdir, f"{group}.npz"), "interval_s": 10},
+        "metrics": {"host": "127.0.0.1", "port": port},
+        "log": {"level": os.environ.get("E2E_LOG_LEVEL", "WARNING"), "format": "json"},
+    }  # fmt: skip
+    path = os.path.join(workdir, f"{group}.yaml")
+    Path(path).write_text(yaml.safe_dump(config))
+    log = open(os.path.join(workdir, f"{group}.log"), "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamgmm.cli", "run", "-c", path],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return process, port
+
+
+def events_counted(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("streamgmm_events_total{")
+    )
+
+
+def daemon_rate(workdir: str, bootstrap: str, topic: str, n: int) -> float:
+    """Events/s of the streamgmm process over the same topic, first event to last."""
+    process, port = start_daemon(workdir, bootstrap, topic, f"{topic}-out", "daemon-tput")
+    try:
+        first = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            counted = events_counted(port)
+            if counted > 0 and first is None:
+                first, first_count = time.perf_counter(), counted
+            if counted >= n:
+                return (n - first_count) / (time.perf_counter() - first)
+            time.sleep(0.05)
+        raise RuntimeError("the daemon did not finish the topic in time")
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def delay_run(workdir: str, bootstrap: str, rate: float, seconds: float) -> dict:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    topic, outliers = "delay-events", "delay-outliers"
+    process, port = start_daemon(workdir, bootstrap, topic, outliers, "daemon-delay")
+    rng = np.random.default_rng(1)
+    warm = events(rng, 3000)
+    values = events(rng, int(rate * seconds), anomaly_every=100)
+    reader = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5, enable_auto_commit=False
+    )
+    tp = TopicPartition(outliers, 0)
+    reader.assign([tp])
+    reader.seek_to_end(tp)
+    delays: list[float] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            for batch in reader.poll(timeout_ms=50).values():
+                now = time.time() * 1000
+                for message in batch:
+                    record = json.loads(message.value)
+                    if record["event"].get("injected"):
+                        delays.append(now - record["timestamp_ms"])
+                        if os.environ.get("E2E_TRACE"):
+                            print(f"{now / 1000 % 1000:.2f} {delays[-1]:.0f}", file=sys.stderr)
+
+    # the reader connects and finds the end of the topic before anything is timed
+    reader.poll(timeout_ms=500)
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    for value in warm:  # the warm-up, before timing starts
+        producer.send(topic, value)
+    producer.flush(30)
+    deadline = time.monotonic() + 120
+    while events_counted(port) < len(warm) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = time.monotonic()
+    for i, value in enumerate(values):
+        ahead = i / rate - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+        producer.send(topic, value)
+    producer.flush(30)
+    achieved = len(values) / (time.monotonic() - started)
+    time.sleep(2)
+    stop.set()
+    thread.join(5)
+    process.terminate()
+    process.wait(60)
+    reader.close()
+    producer.close(5)
+    expected = len(values) // 100
+    d = np.array(delays)
+    return {
+        "rate": achieved,
+        "outliers": len(d),
+        "expected": expected,
+        "p50": float(np.percentile(d, 50)),
+        "p99": float(np.percentile(d, 99)),
+        "max": float(d.max()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=5000.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    workdir_keep = os.environ.get("E2E_WORKDIR")
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        workdir = workdir_keep or tmp
+        broker.create_topics(
+            [
+                "tput-events",
+                "tput-events-out",
+                "tput-events-out-dead",
+                "delay-events",
+                "delay-outliers",
+                "delay-outliers-dead",
+            ]
+        )
+        produce(broker.bootstrap, "tput-events", events(rng, args.events))
+        bare = bare_consumer_rate(broker.bootstrap, "tput-events", args.events)
+        daemon = daemon_rate(workdir, broker.bootstrap, "tput-events", args.events)
+        delay = delay_run(workdir, broker.bootstrap, args.rate, args.seconds)
+    table = "\n".join([
+        f"# End-to-end benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()})",
+        "",
+        f"Throughput over {args.events:,} JSON events with 8 fields, one Tansu broker:",
+        "",
+        "| reader | events/s |",
+        "|---|---:|",
+        f"| bare kafka-python consumer + JSON decoding | {bare:,.0f} |",
+        f"| streamgmm run (decode, score, learn, publish) | {daemon:,.0f} |",
+        f"| ratio | **{daemon / bare:.2f}** (target >= 0.6) |",
+        "",
+        f"Outlier delay at a steady {delay['rate']:,.0f} events/s for {args.seconds:.0f} s "
+        f"({delay['outliers']} of {delay['expected']} injected anomalies read back):",
+        "",
+        "| p50 | p99 | max |",
+        "|---:|---:|---:|",
+        f"| {delay['p50']:.1f} ms | **{delay['p99']:.1f} ms** | {delay['max']:.1f} ms |",
+        "",
+        "Delay: arrival of the outlier record at a reader of the outlier topic minus the "
+        "event's timestamp (an upper bound of timestamp-to-acknowledged; target p99 < 100 ms).",
+    ])  # fmt: skip
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "end_to_end.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The ``streamgmm`` command on files: check-config, score, inspect, plot."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from streamgmm.cli import main
+
+CONFIG = """\
+source: {kind: file}
+features: {fields: [m.a, b, c], key: host}
+model: {warmup: 200, random_state: 0}
+checkpoint: {path: null}
+log: {level: WARNING}
+"""
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(1500):
+        x = rng.normal(size=3) + (6.0 if i % 2 else 0.0)
+        lines.append(json.dumps({"host": f"h{i % 4}", "m": {"a": x[0]}, "b": x[1], "c": x[2]}))
+    lines.append(json.dumps({"host": "odd", "m": {"a": 40.0}, "b": -40.0, "c": 40.0}))
+    lines.append("this is not json")
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    rows = ["a,b,c"] + [",".join(map(str, rng.normal(size=3))) for _ in range(600)]
+    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    (tmp_path / "csv.yaml").write_text(CONFIG.replace("m.a, b, c], key: host", "a, b, c]"))
+    return tmp_path
+
+
+def test_check_config_accepts_a_good_file(files, capsys):
+    assert main(["check-config", str(files / "cfg.yaml")]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_check_config_names_every_bad_key(files, capsys):
+    bad = files / "bad.yaml"
+    bad.write_text("features: {fields: [a]}\nmodel: {covariance_type: ful, warmupp: 3}\n")
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "model.warmupp: unknown key; did you mean 'warmup'?" in err
+    assert "model.covariance_type: must be one of full, diag, spherical, got 'ful'" in err
+
+
+def test_the_reference_config_checks(capsys):
+    assert main(["check-config", "config/streamgmm.yaml"]) == 0
+
+
+def test_score_writes_one_record_per_usable_event(files):
+    out, outliers = files / "scored.jsonl", files / "outliers.jsonl"
+    code = main(
+        [
+            "score",
+            "-c",
+            str(files / "cfg.yaml"),
+            str(files / "events.jsonl"),
+            "-o",
+            str(out),
+            "--outliers",
+            str(outliers),
+        ]
+    )
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 1501  # the line that is not JSON is a dead letter
+    assert [r["offset"] for r in records] == list(range(1501))
+    last = records[-1]
+    assert last["key"] == "odd" and last["outlier"] and last["score"] > last["threshold"]
+    assert sum(r["outlier"] for r in records[200:]) <= 10
+    flagged = [json.loads(line) for line in outliers.read_text().splitlines()]
+    assert any(r["key"] == "odd" and r["contributions"]["b"] < -10 for r in flagged)
+
+
+def test_score_reads_csv(files):
+    out = files / "scored.jsonl"
+    assert (
+        main(["score", "-c", str(files / "csv.yaml"), str(files / "events.csv"), "-o", str(out)])
+        == 0
+    )
+    assert len(out.read_text().splitlines()) == 600
+
+
+def test_score_then_inspect_and_plot_the_checkpoint(files, capsys):
+    checkpoint = files / "model.npz"
+    assert (
+        main(
+            [
+                "score",
+                "-c",
+                str(files / "cfg.yaml"),
+                str(files / "events.jsonl"),
+                "-o",
+                str(files / "scored.jsonl"),
+                "--checkpoint",
+                str(checkpoint),
+            ]
+        )
+        == 0
+    )
+    assert main(["inspect", str(checkpoint)]) == 0
+    text = capsys.readouterr().out
+    assert "format version 1" in text and "events seen: 1501" in text
+    assert main(["inspect", "--json", str(checkpoint)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["fields"] == ["m.a", "b", "c"] and len(info["components"]) >= 2
+    assert info["offsets"]["events.jsonl"] == {"0": 1502}
+    assert main(["plot", str(checkpoint), "-o", str(files / "model.png")]) == 0
+    assert (files / "model.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_a_scored_file(files):
+    png = files / "events.png"
+    assert (
+        main(
+            [
+                "plot",
+                str(files / "events.jsonl"),
+                "-c",
+                str(files / "cfg.yaml"),
+                "-o",
+                str(png),
+                "--x",
+                "m.a",
+                "--y",
+                "c",
+            ]
+        )
+        == 0
+    )
+    assert png.stat().st_size > 10_000
+
+
+def test_inspect_refuses_a_damaged_file(files, capsys):
+    broken = files / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 garbage")
+    assert main(["inspect", str(broken)]) == 2
+    assert "damaged" in capsys.readouterr().err
+
+
+def test_version_and_help_exit_zero():
+    for argv in (["--version"], ["--help"], ["run", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "streamgmm.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "streamgmm" in done.stdout
