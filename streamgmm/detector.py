@@ -199,6 +199,14 @@ class Detector:
         Learn flagged events at once (no quarantine).
     threshold : Threshold or None
         Default: :class:`~streamgmm.threshold.QuantileThreshold` (q = 0.999).
+    warmup_trim : float
+        Share of the least likely warm-up events left out of the first fit.
+    refits : int
+        Batch refits on a reservoir of learnt events after the warm-up (see
+        :class:`~streamgmm.gmm.OnlineGaussianMixture`). Off by default here:
+        on a stream with unflagged anomalies, a refit gives them another
+        chance to win a component (measured: -0.03 AUC on pendigits and
+        satellite), while the warm-up fit is trimmed.
     patience, regime_share : int, float
         Quarantine: flagged events become a new regime once they make up
         ``regime_share`` of the moving share over ``patience`` events.
@@ -218,6 +226,7 @@ class Detector:
         patience: int = 20000,
         regime_share: float = 0.1,
         warmup_trim: float = 0.05,
+        refits: int = 0,
         random_state: int | None = None,
     ):
         if int(warmup) < 2:
@@ -235,6 +244,8 @@ class Detector:
             reg_covar=reg_covar,
             warmup=warmup,
             half_life=half_life,
+            trim=warmup_trim,
+            refits=refits,
             max_components=max_components,
             random_state=random_state,
         )
@@ -298,7 +309,7 @@ class Detector:
         if not self.is_warmed_up:
             return -self._warm.score_samples(X)
         Z = self.standardizer.transform(X)
-        return -(self.model.score_samples(Z) - self.standardizer.log_scale_sum)
+        return self.standardizer.log_scale_sum - self.model.log_likelihood_unchecked(Z)
 
     def _warmup_batch(self, X: np.ndarray) -> BatchResult:
         n, d = X.shape
@@ -328,11 +339,6 @@ class Detector:
         self.standardizer = Standardizer.fit(buffer, self.standardize)
         Z = self.standardizer.transform(buffer)
         self.model.fit(Z)
-        if self.warmup_trim > 0:
-            # trimmed likelihood: anomalies in the warm-up must not get a component of their own
-            log_likelihood = self.model.score_samples(Z)
-            self.model.fit(Z[log_likelihood >= np.quantile(log_likelihood, self.warmup_trim)])
-            self.model.n_seen_ = len(buffer)
         self.threshold.bind(buffer.shape[1])
         self.threshold.initialise(-(self.model.score_samples(Z) - self.standardizer.log_scale_sum))
 

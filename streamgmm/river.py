@@ -52,7 +52,7 @@ class GMMDetector(AnomalyDetector):
     True
     """
 
-    def __init__(self, learn_batch_size: int = 16, **detector_params: Any):
+    def __init__(self, learn_batch_size: int = 32, **detector_params: Any):
         self.learn_batch_size = learn_batch_size
         self.detector_params = detector_params
         self.detector = Detector(**detector_params)
@@ -82,5 +82,10 @@ class GMMDetector(AnomalyDetector):
     def score_one(self, x: dict) -> float:
         if self._features is None:
             return 0.0
-        row = np.asarray([self._vector(x)], dtype=np.float64)
-        return float(self.detector.score(row)[0])
+        row = np.array(self._vector(x), dtype=np.float64)
+        detector = self.detector
+        if not detector.is_warmed_up or not np.isfinite(row).all():
+            return float(detector.score(row[None, :])[0])  # the checked path, with its errors
+        standardizer = detector.standardizer
+        z = (row - standardizer.mean) / standardizer.scale
+        return standardizer.log_scale_sum - detector.model.log_likelihood_one(z)

@@ -156,6 +156,7 @@ class QuantileThreshold(Threshold):
         self.tail_factor = tail_factor
         self._scores = Ring(self.window)
         self._value = math.nan
+        self._fresh = 0  # scores added since the last estimate
 
     def get_params(self) -> dict[str, Any]:
         return {"q": self.q, "window": self.window, "tail_factor": self.tail_factor}
@@ -173,7 +174,12 @@ class QuantileThreshold(Threshold):
         if len(inlier_scores) == 0:
             return
         self._scores.extend(inlier_scores)
-        self._value = self._estimate(self._scores.values())
+        self._fresh += len(inlier_scores)
+        # re-estimating costs a partial sort of the window: do it once per
+        # window/40 new scores (every batch for the daemon, every few for river)
+        if self._fresh >= self.window // 40 or math.isnan(self._value):
+            self._fresh = 0
+            self._value = self._estimate(self._scores.values())
 
     def _estimate(self, scores: np.ndarray) -> float:
         # the modelled tail: tail_factor times the flagged one, but no deeper than the
@@ -193,11 +199,13 @@ class QuantileThreshold(Threshold):
     def _set_state(self, state: dict[str, Any]) -> None:
         self._scores = Ring.from_state(state["scores"])
         self._value = float(state["value"]) if state["value"] is not None else math.nan
+        self._fresh = int(state.get("fresh", 0))
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
         state["scores"] = self._scores.get_state()
         state["value"] = None if math.isnan(self._value) else self._value
+        state["fresh"] = self._fresh
         return state
 
 

@@ -206,3 +206,19 @@ def test_a_damaged_model_file_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(CheckpointCorruptError, match="truncated or damaged"):
         OnlineGaussianMixture.load(path)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_data_far_from_zero_keeps_its_variances(covariance_type):
+    rng = np.random.default_rng(12)
+    data = 1e8 + rng.normal(size=(6000, 2))
+    fitted = OnlineGaussianMixture(1, covariance_type=covariance_type, random_state=0).fit(data)
+    streamed = OnlineGaussianMixture(1, covariance_type=covariance_type, random_state=0)
+    for chunk in np.array_split(data + 9e8, 12):
+        streamed.partial_fit(chunk)
+    for model in (fitted, streamed):
+        variances = np.atleast_2d(
+            model.covariances_.reshape(-1)[:: 3 if covariance_type == "full" else 1]
+        )
+        assert variances == pytest.approx(1.0, abs=0.06)  # sampling noise, not 0 or 42
+    assert fitted.score(data) == pytest.approx(-2.84, abs=0.02)
