@@ -410,7 +410,7 @@ class ModelConfig:
         "on the warm-up events.",
     )
     max_components: int = _key(
-        _Number(True, ge=1, le=256), 8, 'Largest number of components tried by "auto".'
+        _Number(True, ge=1, le=256), 6, 'Largest number of components tried by "auto".'
     )
     covariance_type: str = _key(
         _Choice("full", "diag", "spherical"),
@@ -439,7 +439,7 @@ class ModelConfig:
     )
     reg_covar: float = _key(
         _Number(False, gt=0),
-        1e-2,
+        0.05,
         "Covariance floor added to each component, in standardised units: keeps "
         "components from collapsing onto repeated values.",
     )

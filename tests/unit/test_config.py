@@ -76,10 +76,30 @@ def test_reference_yaml_comments_every_key():
 
 def test_defaults_match_the_design():
     cfg = parse_config(MINIMAL, env={})
-    assert cfg.model.n_components == "auto" and cfg.model.max_components == 8
+    assert cfg.model.n_components == "auto" and cfg.model.max_components == 6
     assert cfg.model.covariance_type == "diag" and cfg.model.warmup == 500
     assert cfg.model.standardize is True and cfg.model.learn_from_outliers is False
-    assert cfg.model.reg_covar == 1e-2 and cfg.model.half_life is None
+    assert cfg.model.reg_covar == 0.05 and cfg.model.half_life is None
+
+
+def test_model_defaults_are_the_detectors():
+    import inspect
+
+    from streamgmm.detector import Detector
+
+    defaults = {name: p.default for name, p in inspect.signature(Detector).parameters.items()}
+    model = parse_config(MINIMAL, env={}).model
+    for name in (
+        "n_components",
+        "max_components",
+        "covariance_type",
+        "warmup",
+        "standardize",
+        "learn_from_outliers",
+        "reg_covar",
+        "half_life",
+    ):
+        assert getattr(model, name) == defaults[name], name
     assert cfg.threshold.kind == "quantile" and cfg.threshold.quantile == 0.999
     assert cfg.threshold.probability == 0.9999
     assert cfg.checkpoint.interval_s == 10 and cfg.checkpoint.on_mismatch == "refuse"
