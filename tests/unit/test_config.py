@@ -81,25 +81,6 @@ def test_defaults_match_the_design():
     assert cfg.model.standardize is True and cfg.model.learn_from_outliers is False
     assert cfg.model.reg_covar == 0.05 and cfg.model.half_life is None
 
-
-def test_model_defaults_are_the_detectors():
-    import inspect
-
-    from streamgmm.detector import Detector
-
-    defaults = {name: p.default for name, p in inspect.signature(Detector).parameters.items()}
-    model = parse_config(MINIMAL, env={}).model
-    for name in (
-        "n_components",
-        "max_components",
-        "covariance_type",
-        "warmup",
-        "standardize",
-        "learn_from_outliers",
-        "reg_covar",
-        "half_life",
-    ):
-        assert getattr(model, name) == defaults[name], name
     assert cfg.threshold.kind == "quantile" and cfg.threshold.quantile == 0.999
     assert cfg.threshold.probability == 0.9999
     assert cfg.checkpoint.interval_s == 10 and cfg.checkpoint.on_mismatch == "refuse"
@@ -467,3 +448,23 @@ def test_docs_configuration_md_is_the_generated_reference():
         "python -c 'from streamgmm import config; print(config.reference_markdown(), end=\"\")'"
         " > docs/configuration.md"
     )
+
+
+def test_model_defaults_are_the_detectors():
+    import inspect
+
+    from streamgmm.detector import Detector
+
+    defaults = {name: p.default for name, p in inspect.signature(Detector).parameters.items()}
+    model = parse_config(MINIMAL, env={}).model
+    for name in (
+        "n_components",
+        "max_components",
+        "covariance_type",
+        "warmup",
+        "standardize",
+        "learn_from_outliers",
+        "reg_covar",
+        "half_life",
+    ):
+        assert getattr(model, name) == defaults[name], name
