@@ -60,11 +60,12 @@ def test_speed_batch_timings_are_interleaved_and_positive():
 
 
 def test_speed_river_path_measures_both_models_on_the_same_stream():
-    timing = speed.time_events(n_events=700, chunk=350)
-    assert len(timing.gmm_chunks) == len(timing.hst_chunks) == 2
+    timing = speed.time_events(n_events=700, chunk=350, repeats=2)
+    assert len(timing.gmm_chunks) == len(timing.hst_chunks) == 4
+    assert len(timing.gmm_score) == len(timing.hst_learn) == 2
     assert timing.gmm_rate > 0 and timing.hst_rate > 0
     row = speed.event_rows([timing])[0]
-    assert float(row[3]) == pytest.approx(timing.gmm_rate / timing.hst_rate, abs=0.01)
+    assert float(row[3]) == pytest.approx(timing.ratio, abs=0.01)
 
 
 def _labelled_set(n: int = 2_000, share: float = 0.02, seed: int = 0):
