@@ -57,10 +57,15 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def output_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(results directory, image directory), created."""
-    out = args.out or (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR)
-    img = args.img_dir or (out if args.quick or args.out else IMG_DIR)
+def output_dirs(args: argparse.Namespace, partial: bool = False) -> tuple[Path, Path]:
+    """(results directory, image directory), created.
+
+    Quick and ``partial`` runs (a subset of the inputs) go to ``results/quick/``
+    unless ``--out`` says otherwise: only full runs replace the committed results.
+    """
+    small = args.quick or partial
+    out = args.out or (QUICK_RESULTS_DIR if small else RESULTS_DIR)
+    img = args.img_dir or (out if small or args.out else IMG_DIR)
     out.mkdir(parents=True, exist_ok=True)
     img.mkdir(parents=True, exist_ok=True)
     return out, img

@@ -21,6 +21,7 @@ Run: ``python benchmarks/detection.py [--quick | --max-rows N] [--sets http smtp
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_common import (
+    REPO_ROOT,
     Report,
     Target,
     add_output_arguments,
@@ -294,7 +296,8 @@ def summarise(results: list[SetResult]) -> tuple[str, list[Target]]:
 
 
 def run(args: argparse.Namespace) -> Report:
-    out_dir, _ = output_dirs(args)
+    # a run on some sets or rows only is not the reference run: keep it out of results/
+    out_dir, _ = output_dirs(args, partial=bool(args.sets or args.max_rows))
     directory = args.data or data_dir()
     paths = list_sets(directory, args.sets) if directory.is_dir() else []
     if not paths:
@@ -316,9 +319,10 @@ def run(args: argparse.Namespace) -> Report:
         )
 
     summary, targets = summarise(results)
-    truncated = f" (first {max_rows:,} rows of each set only)" if max_rows else " (full sets)"
+    truncated = f" (first {max_rows:,} rows of each set only)" if max_rows else " (all rows)"
     body = [
-        f"Data: `{directory}`{truncated}. Prequential: `score_one` then `learn_one` per row, "
+        f"Data: `{os.path.relpath(directory, REPO_ROOT)}`{truncated}. Prequential: "
+        "`score_one` then `learn_one` per row, "
         "rows in file order, AUC over all rows (warm-up included). "
         f"GMMDetector: `streamgmm.river.GMMDetector()` defaults (no seed); seeds "
         f"{', '.join(map(str, seeds)) or 'none'}: `GMMDetector(random_state=s)`. HST: "
