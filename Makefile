@@ -37,8 +37,9 @@ test: $(STAMP) system-tools
 	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
-	$(PY) -m pytest -m slow benchmarks -s -p no:cacheprovider --timeout=3600 || test $$? -eq 5
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/end_to_end.py
+	$(PY) benchmarks/codec_throughput.py
 
 soak: $(STAMP) system-tools
 	$(PY) -m pytest -m slow tests -s --timeout=7200
