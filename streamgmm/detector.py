@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import optimize, stats
 
 from .checkpoint import load_state, save_state
 from .gmm import Evaluation, OnlineGaussianMixture, RunningGaussian, _check_X
@@ -343,7 +344,32 @@ class Detector:
         Z = self.standardizer.transform(buffer)
         self.model.fit(Z)
         self.threshold.bind(buffer.shape[1])
-        self.threshold.initialise(-(self.model.score_samples(Z) - self.standardizer.log_scale_sum))
+        if isinstance(self.threshold, QuantileThreshold):
+            self.threshold.initialise(self.model_score_quantile(self.threshold.q))
+
+    def model_score_quantile(self, q: float) -> float:
+        """The q-quantile of scores the model itself predicts for its own events.
+
+        A point of component k scores at most ``c_k + m / 2`` with
+        ``c_k = -log w_k + log sqrt(|2 pi Sigma_k|)`` and ``m`` its squared
+        Mahalanobis distance, chi-square with d degrees of freedom; solving
+        ``sum_k w_k P(chi2_d > 2 (t - c_k)) = 1 - q`` for t gives a threshold
+        that depends on the fitted (trimmed) model only, not on the warm-up
+        events' in-sample scores, nor on anomalies among them.
+        """
+        model = self.model
+        d = model.n_features_in_
+        offsets = -model._log_const + self.standardizer.log_scale_sum
+        weights = model.weights_
+
+        def excess(t: float) -> float:
+            return float(weights @ stats.chi2.sf(2.0 * np.maximum(t - offsets, 0.0), d)) - (1 - q)
+
+        low = float(offsets.min())
+        high = float(offsets.max() + stats.chi2.isf((1 - q) / 2, d))
+        while excess(high) > 0:
+            high += high - low + 1.0
+        return float(optimize.brentq(excess, low, high, xtol=1e-6))
 
     def _scored_batch(self, X: np.ndarray) -> BatchResult:
         Z = self.standardizer.transform(X)

@@ -75,9 +75,8 @@ class Threshold:
     def bind(self, n_features: int) -> None:
         """Learn the dimension of the data (once the first events are known)."""
 
-    def initialise(self, scores: np.ndarray) -> None:
-        """Start from the scores of the warm-up events under the first fitted model."""
-        self.update(scores)
+    def initialise(self, prior: float) -> None:
+        """Start from ``prior``, the model's own estimate (see ``Detector``), until data speak."""
 
     @property
     def value(self) -> float:
@@ -126,6 +125,9 @@ class QuantileThreshold(Threshold):
         Target quantile: about ``1 - q`` of normal events are flagged.
     window : int
         How many recent inlier scores the estimate is made from.
+    min_count : int
+        Inlier scores needed before the estimate replaces the prior given to
+        :meth:`initialise` (until then, with no prior, the first scores serve).
     tail_factor : float
         How much wider the modelled tail is than the flagged one.
 
@@ -148,18 +150,35 @@ class QuantileThreshold(Threshold):
 
     kind = "quantile"
 
-    def __init__(self, q: float = 0.999, window: int = 20000, tail_factor: float = 20.0):
+    def __init__(
+        self,
+        q: float = 0.999,
+        window: int = 20000,
+        tail_factor: float = 20.0,
+        min_count: int = 1000,
+    ):
         if not 0 < q < 1:
             raise ValueError(f"q must be in (0, 1), got {q!r}")
         self.q = q
         self.window = int(window)
         self.tail_factor = tail_factor
+        self.min_count = int(min_count)
         self._scores = Ring(self.window)
         self._value = math.nan
         self._fresh = 0  # scores added since the last estimate
 
     def get_params(self) -> dict[str, Any]:
-        return {"q": self.q, "window": self.window, "tail_factor": self.tail_factor}
+        return {
+            "q": self.q,
+            "window": self.window,
+            "tail_factor": self.tail_factor,
+            "min_count": self.min_count,
+        }
+
+    def initialise(self, prior: float) -> None:
+        # the warm-up's own scores are in-sample (too good) and may hold the anomalies
+        # the trimmed fit left out: the model's quantile serves until inliers arrive
+        self._value = float(prior)
 
     @property
     def value(self) -> float:
@@ -176,8 +195,11 @@ class QuantileThreshold(Threshold):
         self._scores.extend(inlier_scores)
         self._fresh += len(inlier_scores)
         # re-estimating costs a partial sort of the window: do it once per
-        # window/40 new scores (every batch for the daemon, every few for river)
-        if self._fresh >= self.window // 40 or math.isnan(self._value):
+        # window/40 new scores (every batch for the daemon, every few for river),
+        # and more often while the window is still filling
+        due = min(self.window // 40, max(1, self._scores.count // 4))
+        enough = self._scores.count >= self.min_count or math.isnan(self._value)
+        if enough and self._fresh >= due:
             self._fresh = 0
             self._value = self._estimate(self._scores.values())
 

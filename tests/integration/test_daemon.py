@@ -57,14 +57,18 @@ def test_daemon_publishes_anomalies_and_dead_letters(
     tmp_path, broker, topics, unique, produce, read_all
 ):
     rng = np.random.default_rng(0)
-    events = normal_events(rng, 2000)
+    warmup = normal_events(rng, 600)
+    events = normal_events(rng, 1400, start_id=600)
     anomalies = [anomaly(10_000 + i) for i in range(15)]
     for i, a in enumerate(anomalies):
-        events.insert(600 + 90 * i, a)
+        events.insert(90 * i, a)
+    produce_stream(produce, topics["events"], warmup)
+    daemon = start(tmp_path, broker, topics, unique("g"))
+    # the two partitions are read in no fixed order: warm up before any anomaly exists
+    daemon.wait_until(lambda: daemon.scored() >= len(warmup), what="warm-up")
     produce_stream(produce, topics["events"], events)
     produce(topics["events"], [value for value, _ in MALFORMED])
-
-    daemon = start(tmp_path, broker, topics, unique("g"))
+    events = warmup + events
     total = len(events) + len(MALFORMED)
     daemon.wait_until(lambda: daemon.scored() >= total, what="every event counted")
     daemon.wait_until(lambda: daemon.get("/readyz")[0] == 200, what="ready")
