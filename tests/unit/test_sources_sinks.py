@@ -342,6 +342,27 @@ def test_refused_producer_options_are_fatal_with_the_key():
         sink.close(timeout_s=1)
 
 
+def test_close_does_not_wait_for_a_producer_still_looking_for_a_broker(scripted):
+    release = threading.Event()
+    built = []
+
+    def slow_bootstrap(**config):  # kafka-python waits bootstrap_timeout_ms for a first broker
+        release.wait(30)
+        built.append(ScriptedProducer(**config))
+        return built[-1]
+
+    sink = KafkaSink(["x:1"], {"outliers": "o"}, producer_factory=slow_bootstrap)
+    time.sleep(0.1)  # the worker is inside the factory now
+    started = time.monotonic()
+    sink.close(timeout_s=30)
+    assert time.monotonic() - started < 2
+    release.set()
+    deadline = time.monotonic() + 5
+    while not (built and built[0].closed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert built and built[0].closed, "the late producer is closed by the worker itself"
+
+
 def test_unknown_role_is_refused():
     with pytest.raises(ValueError, match="unknown sink roles"):
         KafkaSink(["x:1"], {"alerts": "a"}, producer_factory=ScriptedProducer)
