@@ -127,6 +127,20 @@ def test_source_from_config(tmp_path):
     source.close()
 
 
+def test_kafka_source_first_connection_waits_no_longer_than_the_daemon_allows():
+    from kafka import KafkaConsumer
+
+    from streamgmm.sources import KafkaSource
+
+    def options(**kwargs):
+        source = KafkaSource(["x:1"], "t", "g", consumer_factory=KafkaConsumer, **kwargs)
+        return source._options["bootstrap_timeout_ms"]
+
+    assert options() == 10_000  # kafka-python's 30 s would stall the loop
+    assert options(max_block_s=0.25) == 250  # a short WatchdogSec= wins
+    assert options(client={"bootstrap_timeout_ms": 2000}, max_block_s=3.75) == 2000
+
+
 # ---------------------------------------------------------------------------
 # FileSink
 
