@@ -253,6 +253,7 @@ class Daemon:
         self._reseeds_reported = self.detector.model.n_reseeds_
         self._last_status = self._last_lag = 0.0
         self._events_since_status = 0
+        self._status_due = False  # report now, not at the next STATUS_EVERY_S
         self._outliers_recent: list[tuple[float, int]] = []
         self._seen_warmup = self.detector.is_warmed_up
         self.health.set("warmed_up", self.detector.is_warmed_up, "warming up")
@@ -478,6 +479,7 @@ class Daemon:
             self._reseeds_reported = reseeds
             if not self._seen_warmup:
                 self._seen_warmup = True
+                self._status_due = True
                 log.info(
                     "warm-up done: scoring starts",
                     extra={
@@ -622,7 +624,8 @@ class Daemon:
                     self.metrics.set_lag(self.source.lag(self._block_s))
             except Exception as exc:
                 log.debug("lag unavailable: %s", exc)
-        if now - self._last_status >= STATUS_EVERY_S:
+        if self._status_due or now - self._last_status >= STATUS_EVERY_S:
+            self._status_due = False
             elapsed = now - self._last_status if self._last_status else STATUS_EVERY_S
             self._last_status = now
             wall = time.time()
@@ -630,7 +633,10 @@ class Daemon:
             recent = sum(n for _, n in self._outliers_recent)
             rate = self._events_since_status / elapsed
             self._events_since_status = 0
-            if not self.detector.is_warmed_up:
+            _, readiness = self.health.readiness()
+            if self.kafka and not readiness["conditions"]["connected"]:
+                text = "broker unreachable, retrying"
+            elif not self.detector.is_warmed_up:
                 text = f"warming up {self.detector.n_seen}/{self.detector.warmup}"
             else:
                 text = f"{rate:.0f} events/s, {recent} outliers in the last minute"
