@@ -269,10 +269,11 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, frame: Any) -> None:
+            # Only set the flag: the handler may run inside a notifier send that
+            # holds its lock. The loop sends STOPPING=1 within a tick.
             log.info(
                 "received %s: finishing the batch, then shutting down", signal.Signals(signum).name
             )
-            self.notifier.stopping()
             self.stop()
 
         signal.signal(signal.SIGTERM, handle)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import tempfile
+import threading
 
 import pytest
 
@@ -58,6 +60,36 @@ def file_daemon(tmp_path) -> Daemon:
         sink=FileSink(os.devnull, os.devnull),
         serve_metrics=False,
     )
+
+
+@pytest.fixture
+def restore_signal_handlers():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_sigterm_handler_only_asks_the_loop_to_stop(
+    tmp_path, notify_socket, restore_signal_handlers
+):
+    # A Python signal handler runs in the main thread between two bytecodes,
+    # possibly inside Notifier._send with its (non-reentrant) lock held: a
+    # handler that sends STOPPING=1 itself can deadlock the daemon for good.
+    daemon = file_daemon(tmp_path)
+    daemon.install_signal_handlers()
+    handler = signal.getsignal(signal.SIGTERM)
+    with daemon.notifier._lock:  # a WATCHDOG=1 being sent when SIGTERM arrives
+        thread = threading.Thread(target=handler, args=(signal.SIGTERM, None), daemon=True)
+        thread.start()
+        thread.join(2)
+        assert not thread.is_alive(), "the SIGTERM handler waits for the notify socket's lock"
+    assert daemon._stop.is_set()
+    assert daemon.run() == 0
+    messages = received(notify_socket)
+    assert messages[0] == "READY=1"
+    assert messages.count("STOPPING=1") == 1, messages
+    assert messages.index("STOPPING=1") > 0
 
 
 def test_the_loop_wakes_up_within_a_quarter_of_the_watchdog_interval(tmp_path, notify_socket):
