@@ -9,9 +9,10 @@ within that time. Each message is one datagram of newline-separated
 abstract namespace (the ``@`` stands for a leading NUL byte).
 
 How the daemon uses it: ``ready()`` once the poll loop runs, ``watchdog()``
-on every loop tick (it rate-limits itself), ``status(...)`` with a one-line
-summary now and then, ``stopping()`` when SIGTERM arrives. See
-:class:`Notifier`.
+on every loop tick (it rate-limits itself; the loop comes round within a
+quarter of ``$WATCHDOG_USEC``), ``status(...)`` with a one-line summary now
+and then, ``stopping()`` when shutdown begins (from the loop, never from the
+signal handler: a handler may interrupt a send). See :class:`Notifier`.
 """
 
 from __future__ import annotations

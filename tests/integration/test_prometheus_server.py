@@ -1,11 +1,14 @@
 """A real Prometheus server scrapes the real daemon and loads the shipped alert rules.
 
 promtool checks the files; this checks the deployment the operations guide
-describes: a ``streamgmm`` scrape job pointed at a running ``streamgmm run``,
-``rule_files`` naming config/prometheus/alerts.yml. Prometheus (Debian
-package ``prometheus``, installed by ``make system-tools``) runs on a free
-loopback port with its storage in the test's directory, scraping every
-second; the test then asks its HTTP API what it stored and loaded:
+describes: the prometheus.yml excerpt of its first-deployment steps (a
+``streamgmm`` scrape job, ``rule_files`` naming the copy of
+config/prometheus/alerts.yml), with the running daemon as the target, passes
+``promtool check config`` and runs. Prometheus (Debian package
+``prometheus``, installed by ``make system-tools``) listens on a free
+loopback port with its storage in the test's directory, scraping and
+evaluating every second; the test then asks its HTTP API what it stored and
+loaded:
 
 - ``streamgmm_outliers_total`` holds the value the daemon's own /metrics shows;
 - the target is up, the ``streamgmm`` rule group is loaded from the shipped
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -37,6 +41,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"
+GUIDE = ROOT / "docs" / "operations.md"
 
 
 def _load_ops(name: str):
@@ -51,19 +56,45 @@ def _load_ops(name: str):
 dash = _load_ops("dashboard")
 
 
-class PrometheusServer:
-    """``prometheus`` on 127.0.0.1:PORT with a generated configuration; its log in a file."""
+def documented_prometheus_config() -> dict:
+    """The prometheus.yml excerpt of the guide's first-deployment steps."""
+    guide = GUIDE.read_text()
+    section = guide.split("## First deployment in 10 minutes", 1)[1].split("\n## ", 1)[0]
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "scrape_configs" in b]
+    assert len(blocks) == 1, "the first-deployment steps should show one prometheus.yml excerpt"
+    return yaml.safe_load(blocks[0])
 
-    def __init__(self, binary: str, directory: Path, targets: list[str]) -> None:
+
+def deployed_config(directory: Path, target: str) -> Path:
+    """The guide's excerpt as a newcomer deploys it, only faster: 1 s scrapes and evaluations.
+
+    The rule file is copied under the name the guide gives it, the target is
+    the test's daemon.
+    """
+    config = documented_prometheus_config()
+    (rule_file,) = config["rule_files"]
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "streamgmm", "the alert rules look for job streamgmm"
+    rules_dir = directory / "rules"
+    rules_dir.mkdir()
+    copy = rules_dir / Path(rule_file).name
+    shutil.copyfile(ALERTS, copy)
+    config["rule_files"] = [str(copy)]
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    job["scrape_interval"] = "1s"
+    (static,) = job["static_configs"]
+    static["targets"] = [target]
+    path = directory / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class PrometheusServer:
+    """``prometheus`` on 127.0.0.1:PORT with the given configuration; its log in a file."""
+
+    def __init__(self, binary: str, directory: Path, config_path: Path) -> None:
         self.port = free_port()
         self.log_path = directory / "prometheus.log"
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERTS)],
-            "scrape_configs": [{"job_name": "streamgmm", "static_configs": [{"targets": targets}]}],
-        }
-        config_path = directory / "prometheus.yml"
-        config_path.write_text(yaml.safe_dump(config))
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [
@@ -156,8 +187,17 @@ def test_prometheus_scrapes_the_daemon_and_loads_the_alert_rules(
     produce(topics["events"], encode(events))
 
     config, port = write_config(tmp_path, broker.bootstrap, topics, unique("g"))
+    prometheus_yml = deployed_config(tmp_path, f"127.0.0.1:{port}")
+    promtool = Path(prometheus_binary).with_name("promtool")
+    check = subprocess.run(
+        [str(promtool), "check", "config", str(prometheus_yml)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    shipped = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    assert f"SUCCESS: {len(shipped)} rules found" in check.stdout, check.stdout  # read them
+
     daemon = DaemonProcess(config, port, tmp_path / "daemon.log")
-    prometheus = PrometheusServer(prometheus_binary, tmp_path, [f"127.0.0.1:{port}"])
+    prometheus = PrometheusServer(prometheus_binary, tmp_path, prometheus_yml)
     try:
         daemon.wait_until(lambda: daemon.scored() >= len(events), what="every event scored")
         outliers = daemon.metric("streamgmm_outliers_total")
@@ -191,8 +231,7 @@ def test_prometheus_scrapes_the_daemon_and_loads_the_alert_rules(
             return []
 
         (group,) = prometheus.wait_until(rules_evaluated, 15, "the alert rules evaluated")
-        shipped = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
-        assert Path(group["file"]).resolve() == ALERTS.resolve()
+        assert Path(group["file"]).name == "streamgmm-alerts.yml"
         assert [r["name"] for r in group["rules"]] == [r["alert"] for r in shipped]
         unhealthy = [(r["name"], r.get("lastError")) for r in group["rules"] if r["health"] != "ok"]
         assert not unhealthy
