@@ -3,8 +3,9 @@
 The test plays systemd's part: it binds the unix datagram socket that
 ``$NOTIFY_SOCKET`` names, sets ``$WATCHDOG_USEC`` as ``WatchdogSec=`` would,
 starts the real daemon and records every datagram with its arrival time.
-Two daemons run side by side: one on the test broker with events to score,
-one pointed at a closed port (the broker unreachable). Both must send
+Two daemons run side by side: one on the test broker with events to score
+(which is then frozen for a few seconds, a broker that stalls mid-run), one
+pointed at a closed port (the broker unreachable). Both must send
 ``READY=1``, keep ``WATCHDOG=1`` coming at least every half of
 ``WATCHDOG_USEC`` (systemd's advice; it kills the service after a whole
 ``WATCHDOG_USEC`` of silence), say what they do in ``STATUS=``, and send
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.integration
 WATCHDOG_USEC = 2_000_000
 MAX_PING_GAP_S = WATCHDOG_USEC / 2e6  # systemd: "every half of WATCHDOG_USEC"
 OBSERVE_S = 6.0
+STALL_S = 3.0
 
 
 class NotifyManager:
@@ -139,6 +141,18 @@ def test_daemon_honours_the_notify_protocol_with_and_without_a_broker(
         dead.wait_until(lambda: dead.get("/healthz")[0] == 200, what="/healthz of the unreachable")
         assert dead.get("/readyz")[0] == 503
         time.sleep(max(0.0, OBSERVE_S - (time.monotonic() - dead_ready)))
+        # a broker that stalls mid-run (SIGSTOP: connections open, no answers) while
+        # the live daemon checkpoints and commits every second
+        commits_failed = live.metric("streamgmm_broker_errors_total", 'operation="commit"')
+        with broker.paused():
+            time.sleep(STALL_S)
+        live.wait_until(
+            lambda: (
+                live.metric("streamgmm_broker_errors_total", 'operation="commit"') > commits_failed
+            ),
+            deadline_s=5,
+            what="a commit that timed out during the stall",
+        )
 
         for name, daemon, manager, ready in (
             ("live", live, live_manager, live_ready),
