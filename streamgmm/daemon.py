@@ -56,7 +56,7 @@ from .threshold import Threshold, make_threshold
 log = logging.getLogger("streamgmm.daemon")
 
 CHECKPOINT_KIND = "streamgmm-daemon"
-MAX_BACKOFF_S = 10.0  # below the watchdog's 15 s ping period
+MAX_BACKOFF_S = 10.0  # a backoff sleep still ticks (watchdog, liveness) every tick_s
 FLUSH_TIMEOUT_S = 30.0
 MAX_PENDING_RECORDS = 200_000
 STATUS_EVERY_S = 10.0
