@@ -56,10 +56,11 @@ from .threshold import Threshold, make_threshold
 log = logging.getLogger("streamgmm.daemon")
 
 CHECKPOINT_KIND = "streamgmm-daemon"
-MAX_BACKOFF_S = 10.0  # below the watchdog's 15 s ping period
+MAX_BACKOFF_S = 10.0  # a backoff sleep still ticks (watchdog, liveness) every tick_s
 FLUSH_TIMEOUT_S = 30.0
 MAX_PENDING_RECORDS = 200_000
 STATUS_EVERY_S = 10.0
+POLL_TIMEOUT_S = 1.0  # shortened under a short WatchdogSec= (see Daemon._block_s)
 LAG_EVERY_S = 5.0
 SLOW_ITERATION_S = 0.25
 
@@ -221,11 +222,21 @@ class Daemon:
         self.metrics = metrics or Metrics(version=__version__)
         self.health = health or Health()
         self.notifier = Notifier()
+        # Under a systemd watchdog the notifier pings at most once per half of
+        # its interval; nothing the loop waits for (a poll, a backoff sleep, a
+        # first connection, a flush, a commit) may take longer than a quarter
+        # of the interval, so no gap between pings exceeds 3/4 of it (WATCHDOG_USEC
+        # * 3/8), which leaves room for the work of a batch.
+        interval = self.notifier.watchdog_interval()
+        self._block_s = None if interval is None else interval / 4
+        self._tick_s = min(POLL_TIMEOUT_S, self._block_s or POLL_TIMEOUT_S)
         self.on_batch = on_batch
         restored = restore(config)
         self.detector = restored.detector
         self._offsets = dict(restored.offsets)
-        self.source = source if source is not None else source_from_config(config)
+        self.source = (
+            source if source is not None else source_from_config(config, max_block_s=self._block_s)
+        )
         self.sink = sink if sink is not None else sink_from_config(config, self.metrics)
         self.source.set_rebalance_callbacks(self._on_assign, self._on_revoke, self._on_lost)
         self.kafka = config.source.kind == "kafka"
@@ -243,6 +254,7 @@ class Daemon:
         self._reseeds_reported = self.detector.model.n_reseeds_
         self._last_status = self._last_lag = 0.0
         self._events_since_status = 0
+        self._status_due = False  # report now, not at the next STATUS_EVERY_S
         self._outliers_recent: list[tuple[float, int]] = []
         self._seen_warmup = self.detector.is_warmed_up
         self.health.set("warmed_up", self.detector.is_warmed_up, "warming up")
@@ -258,10 +270,11 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, frame: Any) -> None:
+            # Only set the flag: the handler may run inside a notifier send that
+            # holds its lock. The loop sends STOPPING=1 within a tick.
             log.info(
                 "received %s: finishing the batch, then shutting down", signal.Signals(signum).name
             )
-            self.notifier.stopping()
             self.stop()
 
         signal.signal(signal.SIGTERM, handle)
@@ -333,7 +346,7 @@ class Daemon:
         if self._sink_backlogged():
             return []
         try:
-            records = self.source.poll(self.max_poll_records, 1.0)
+            records = self.source.poll(self.max_poll_records, self._tick_s)
         except SourceError as exc:
             raise FatalError(str(exc)) from exc
         except Exception as exc:  # broker unreachable, metadata errors: all transient
@@ -360,7 +373,20 @@ class Daemon:
         deadline = time.monotonic() + self._backoff
         while not self._stop.is_set() and time.monotonic() < deadline:
             self._tick()
-            self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._stop.wait(min(self._tick_s, 0.5, max(0.0, deadline - time.monotonic())))
+
+    def _flush(self, timeout_s: float) -> bool:
+        """``sink.flush`` in slices the watchdog can live with: a slow broker is not a hung loop.
+
+        The wait stays bounded by ``timeout_s``; between slices the loop ticks.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._tick()
+            remaining = deadline - time.monotonic()
+            flushed = self.sink.flush(max(0.0, min(self._tick_s, remaining)))
+            if flushed or not getattr(self.sink, "pending", 0) or remaining <= self._tick_s:
+                return flushed
 
     def _sink_backlogged(self) -> bool:
         pending = getattr(self.sink, "pending", 0)
@@ -371,7 +397,7 @@ class Daemon:
             "drain (check the sink brokers)",
             pending,
         )
-        self.sink.flush(min(5.0, MAX_BACKOFF_S))
+        self._flush(min(5.0, MAX_BACKOFF_S))
         return True
 
     # -- one batch ----------------------------------------------------------------
@@ -478,6 +504,7 @@ class Daemon:
             self._reseeds_reported = reseeds
             if not self._seen_warmup:
                 self._seen_warmup = True
+                self._status_due = True
                 log.info(
                     "warm-up done: scoring starts",
                     extra={
@@ -498,7 +525,7 @@ class Daemon:
     def checkpoint(self, reason: str) -> bool:
         """Flush, write the checkpoint, commit its offsets; True when all three happened."""
         self._last_checkpoint = time.monotonic()
-        if not self.sink.flush(FLUSH_TIMEOUT_S):
+        if not self._flush(FLUSH_TIMEOUT_S):
             self._report_failures()
             log.warning(
                 "not every record was acknowledged within %.0f s: checkpoint and commit "
@@ -536,7 +563,10 @@ class Daemon:
         if not offsets:
             return True
         try:
-            self.source.commit(offsets)
+            if self._block_s is None or not self.kafka:
+                self.source.commit(offsets)
+            else:  # a broker that stalls must not stall the watchdog: retried next checkpoint
+                self.source.commit(offsets, timeout_s=self._block_s)
         except Exception as exc:  # a rebalance in progress, a broker away: retried next time
             self.metrics.broker_errors_total.labels(operation="commit").inc()
             log.warning(
@@ -613,10 +643,14 @@ class Daemon:
         if self.kafka and now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
             try:
-                self.metrics.set_lag(self.source.lag())
+                if self._block_s is None:
+                    self.metrics.set_lag(self.source.lag())
+                else:
+                    self.metrics.set_lag(self.source.lag(self._block_s))
             except Exception as exc:
                 log.debug("lag unavailable: %s", exc)
-        if now - self._last_status >= STATUS_EVERY_S:
+        if self._status_due or now - self._last_status >= STATUS_EVERY_S:
+            self._status_due = False
             elapsed = now - self._last_status if self._last_status else STATUS_EVERY_S
             self._last_status = now
             wall = time.time()
@@ -624,7 +658,10 @@ class Daemon:
             recent = sum(n for _, n in self._outliers_recent)
             rate = self._events_since_status / elapsed
             self._events_since_status = 0
-            if not self.detector.is_warmed_up:
+            _, readiness = self.health.readiness()
+            if self.kafka and not readiness["conditions"]["connected"]:
+                text = "broker unreachable, retrying"
+            elif not self.detector.is_warmed_up:
                 text = f"warming up {self.detector.n_seen}/{self.detector.warmup}"
             else:
                 text = f"{rate:.0f} events/s, {recent} outliers in the last minute"

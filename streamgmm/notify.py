@@ -9,9 +9,10 @@ within that time. Each message is one datagram of newline-separated
 abstract namespace (the ``@`` stands for a leading NUL byte).
 
 How the daemon uses it: ``ready()`` once the poll loop runs, ``watchdog()``
-on every loop tick (it rate-limits itself), ``status(...)`` with a one-line
-summary now and then, ``stopping()`` when SIGTERM arrives. See
-:class:`Notifier`.
+on every loop tick (it rate-limits itself; the loop comes round within a
+quarter of ``$WATCHDOG_USEC``), ``status(...)`` with a one-line summary now
+and then, ``stopping()`` when shutdown begins (from the loop, never from the
+signal handler: a handler may interrupt a send). See :class:`Notifier`.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ class Notifier:
     >>> notifier.ready(), notifier.watchdog(), notifier.status("idle")
     (False, False, False)
 
-    With a socket, messages arrive as datagrams; watchdog pings are spaced by at
-    least half of ``$WATCHDOG_USEC``:
+    With a socket, messages arrive as datagrams. Watchdog pings are spaced by a
+    quarter of ``$WATCHDOG_USEC``, so that a loop calling :meth:`watchdog` at
+    least that often never leaves systemd more than half of ``$WATCHDOG_USEC``
+    without a ping (what sd-event does, and what systemd advises):
 
     >>> import os, socket, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "notify")
@@ -73,7 +76,7 @@ class Notifier:
     15.0
     >>> notifier.ready(), notifier.watchdog(), notifier.watchdog()
     (True, True, False)
-    >>> now[0] += 15.0
+    >>> now[0] += 7.5
     >>> notifier.watchdog(), notifier.status("1200 events/s, 3 outliers")
     (True, True)
     >>> [manager.recv(4096).decode() for _ in range(4)]
@@ -107,10 +110,13 @@ class Notifier:
         return self._address is not None
 
     def watchdog_interval(self) -> float | None:
-        """Seconds between watchdog pings (half of ``$WATCHDOG_USEC``), None when off.
+        """Longest time between two pings (half of ``$WATCHDOG_USEC``), None when off.
 
-        A loop that may block longer than this (a poll, a backoff sleep) must
-        wake up in time to call :meth:`watchdog`, or systemd kills it.
+        :meth:`watchdog` sends at most one ping per half of this, so a loop
+        that calls it at least every ``watchdog_interval() / 2`` seconds keeps
+        every gap under this bound. A loop that may block longer (a poll, a
+        backoff sleep) must wake up in time, or systemd kills it after twice
+        this.
         """
         return self._watchdog_interval
 
@@ -119,14 +125,15 @@ class Notifier:
         return self._send("READY=1")
 
     def watchdog(self) -> bool:
-        """Ping the watchdog (``WATCHDOG=1``), at most once per :meth:`watchdog_interval`.
+        """Ping the watchdog (``WATCHDOG=1``), at most once per half :meth:`watchdog_interval`.
 
         Cheap enough to call on every loop tick. Returns whether a ping was sent.
         """
         if self._watchdog_interval is None:
             return False
         now = self._clock()
-        if self._last_watchdog is not None and now - self._last_watchdog < self._watchdog_interval:
+        spacing = self._watchdog_interval / 2
+        if self._last_watchdog is not None and now - self._last_watchdog < spacing:
             return False
         sent = self._send("WATCHDOG=1")
         if sent:  # a failed ping is retried on the next tick, not an interval later

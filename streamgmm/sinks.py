@@ -229,6 +229,7 @@ class KafkaSink:
         self._dead_reason: str | None = None
         self._fatal: BaseException | None = None
         self._stop = False
+        self._building = False  # the worker waits for a producer (a first broker)
         self._failed_builds = 0
         self._delivered_since_build = 0
         self.rebuilds = 0
@@ -295,12 +296,16 @@ class KafkaSink:
             self._stop = True
             undelivered = len(self._records)
             producer, self._producer = self._producer, None
+            building = self._building
             self._cond.notify_all()
         if undelivered:
             log.error("closing the Kafka sink with %d record(s) not acknowledged", undelivered)
         elif not delivered:
             log.warning("closing the Kafka sink with undelivered failures")
-        self._thread.join(timeout=max(1.0, timeout_s))
+        # A worker still waiting for a first broker (kafka-python's bootstrap can
+        # take its bootstrap_timeout_ms) has nothing left to deliver once stopped,
+        # and closes the producer it may still get: no reason to wait for it.
+        self._thread.join(timeout=0.1 if building else max(1.0, timeout_s))
         self._thread = None
         if producer is not None:
             _close_in_background(producer, timeout_s=max(0.0, min(timeout_s, 5.0)), wait=True)
@@ -379,6 +384,8 @@ class KafkaSink:
             if api_version and not self._user_api_version:
                 options["api_version"] = api_version  # no version probe against a dead broker
             _close_in_background(old, timeout_s=0.0, wait=False)
+        with self._cond:
+            self._building = True
         try:
             producer = self._factory(**options)
         except (errors.KafkaConfigurationError, TypeError, ValueError) as exc:
@@ -396,6 +403,9 @@ class KafkaSink:
                 "cannot create the Kafka producer (%s: %s); retrying", type(exc).__name__, exc
             )
             return
+        finally:
+            with self._cond:
+                self._building = False
         with self._cond:
             if self._stop:
                 _close_in_background(producer, timeout_s=0.0, wait=False)

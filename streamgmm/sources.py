@@ -159,6 +159,11 @@ class KafkaSource:
         Extra ``KafkaConsumer`` options.
     consumer_factory : callable
         Builds the consumer (``kafka.KafkaConsumer``); for tests.
+    max_block_s : float or None
+        Longest wait for a first broker when the consumer is created (inside
+        :meth:`poll`), overriding ``bootstrap_timeout_ms`` when shorter: the
+        daemon passes what its systemd watchdog allows. The consumer is built
+        again on the next poll after a timeout.
     """
 
     exhausted = False
@@ -172,6 +177,7 @@ class KafkaSource:
         max_poll_records: int = 2000,
         client: Mapping[str, Any] | None = None,
         consumer_factory: Callable[..., Any] | None = None,
+        max_block_s: float | None = None,
     ) -> None:
         kafka = _kafka()
         options = dict(client or {})
@@ -183,6 +189,10 @@ class KafkaSource:
             # kafka-python waits this long for a first broker, in the constructor:
             # keep the daemon's loop (and its liveness) moving while Kafka is down
             options.setdefault("bootstrap_timeout_ms", DEFAULT_BOOTSTRAP_TIMEOUT_MS)
+            if max_block_s is not None:
+                options["bootstrap_timeout_ms"] = min(
+                    int(options["bootstrap_timeout_ms"]), max(1, int(max_block_s * 1000))
+                )
         # Tansu holds a fetch for the whole fetch_max_wait_ms even when data arrives
         # meanwhile (kafka-python's default 500 ms gave a 300 ms p99 poll at 5,000
         # events/s); 50 ms costs an idle consumer 20 small requests a second.
@@ -722,8 +732,11 @@ def _is_regular(fd: int) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def source_from_config(config: Any) -> KafkaSource | FileSource:
-    """Build the source a :class:`streamgmm.config.Config` describes."""
+def source_from_config(config: Any, max_block_s: float | None = None) -> KafkaSource | FileSource:
+    """Build the source a :class:`streamgmm.config.Config` describes.
+
+    ``max_block_s``: see :class:`KafkaSource` (a file source never blocks long).
+    """
     src = config.source
     if src.kind == "file":
         return FileSource(src.file.path)
@@ -735,4 +748,5 @@ def source_from_config(config: Any) -> KafkaSource | FileSource:
         k.auto_offset_reset,
         k.max_poll_records,
         k.client,
+        max_block_s=max_block_s,
     )

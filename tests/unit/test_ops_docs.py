@@ -104,3 +104,45 @@ def test_config_keys_in_the_guide_exist_in_the_reference_config():
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"{key} is not a configuration key"
             node = node[part]
+
+
+def test_sections_the_shipped_files_point_to_exist():
+    headings = [line.lstrip("#").strip().lower() for line in DOC.splitlines() if line[:1] == "#"]
+    shipped = [
+        ROOT / "config" / "prometheus" / "alerts.yml",
+        ROOT / "config" / "container.yaml",
+        ROOT / "config" / "grafana" / "streamgmm.json",
+        ROOT / "systemd" / "streamgmm.service",
+        ROOT / "Dockerfile",
+    ]
+    pointers = []
+    for path in shipped:
+        text = " ".join(path.read_text().split())  # folded YAML and comments rejoined
+        pointers += re.findall(r'"([^"]+)" in docs/operations\.md', text)
+        pointers += re.findall(r'docs/operations\.md, "([^"]+)"', text)
+    assert pointers
+    for name in pointers:
+        assert any(name.lower() in heading for heading in headings), f'no section "{name}"'
+
+
+def test_command_table_matches_the_cli():
+    from streamgmm.cli import build_parser
+
+    commands = {
+        name: parser
+        for action in build_parser()._subparsers._group_actions
+        for name, parser in action.choices.items()
+    }
+    rows = [line for line in DOC.splitlines() if line.startswith("| `streamgmm ")]
+    documented = {re.match(r"\| `streamgmm ([\w-]+)", row).group(1): row for row in rows}
+    assert set(documented) == set(commands)
+    for name, row in documented.items():
+        options = {o for a in commands[name]._actions for o in a.option_strings}
+        mentioned = set(re.findall(r"`[^`]*?((?<![\w-])--?[a-z][\w-]*)", row))
+        assert mentioned <= options, (name, mentioned - options)
+
+
+def test_alert_count_in_the_first_deployment_steps():
+    rules = yaml.safe_load((ROOT / "config" / "prometheus" / "alerts.yml").read_text())
+    words = {6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
+    assert f"the {words[len(rules['groups'][0]['rules'])]} Streamgmm alerts" in DOC

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -79,7 +80,7 @@ def test_abstract_socket_address_with_at_sign(manager):
         sock.close()
 
 
-def test_watchdog_is_rate_limited_to_half_the_timeout(manager):
+def test_watchdog_pings_every_quarter_so_no_gap_exceeds_half_the_timeout(manager):
     sock, path = manager
     clock = FakeClock()
     notifier = Notifier(environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000"}, clock=clock)
@@ -88,9 +89,22 @@ def test_watchdog_is_rate_limited_to_half_the_timeout(manager):
     for _ in range(100):  # one loop tick every 0.5 s for 50 s
         sent.append(notifier.watchdog())
         clock.now += 0.5
-    assert sum(sent) == 4  # at t = 0, 15, 30, 45
-    assert [i for i, s in enumerate(sent) if s] == [0, 30, 60, 90]
-    assert received(sock) == ["WATCHDOG=1"] * 4
+    assert [i for i, s in enumerate(sent) if s] == [0, 15, 30, 45, 60, 75, 90]  # every 7.5 s
+    assert received(sock) == ["WATCHDOG=1"] * 7
+
+
+def test_watchdog_gaps_stay_under_half_the_timeout_with_a_slow_loop(manager):
+    sock, path = manager
+    clock = FakeClock()
+    notifier = Notifier(environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}, clock=clock)
+    pings = []
+    for _ in range(60):  # ticks every 0.5 s (a quarter of WATCHDOG_USEC), as the daemon's loop
+        if notifier.watchdog():
+            pings.append(clock.now)
+            assert received(sock) == ["WATCHDOG=1"]
+        clock.now += 0.5
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert max(gaps) <= notifier.watchdog_interval() == 1.0
 
 
 def test_watchdog_off_without_watchdog_usec(manager):

@@ -127,6 +127,20 @@ def test_source_from_config(tmp_path):
     source.close()
 
 
+def test_kafka_source_first_connection_waits_no_longer_than_the_daemon_allows():
+    from kafka import KafkaConsumer
+
+    from streamgmm.sources import KafkaSource
+
+    def options(**kwargs):
+        source = KafkaSource(["x:1"], "t", "g", consumer_factory=KafkaConsumer, **kwargs)
+        return source._options["bootstrap_timeout_ms"]
+
+    assert options() == 10_000  # kafka-python's 30 s would stall the loop
+    assert options(max_block_s=0.25) == 250  # a short WatchdogSec= wins
+    assert options(client={"bootstrap_timeout_ms": 2000}, max_block_s=3.75) == 2000
+
+
 # ---------------------------------------------------------------------------
 # FileSink
 
@@ -340,6 +354,27 @@ def test_refused_producer_options_are_fatal_with_the_key():
             sink.flush(2)
     finally:
         sink.close(timeout_s=1)
+
+
+def test_close_does_not_wait_for_a_producer_still_looking_for_a_broker(scripted):
+    release = threading.Event()
+    built = []
+
+    def slow_bootstrap(**config):  # kafka-python waits bootstrap_timeout_ms for a first broker
+        release.wait(30)
+        built.append(ScriptedProducer(**config))
+        return built[-1]
+
+    sink = KafkaSink(["x:1"], {"outliers": "o"}, producer_factory=slow_bootstrap)
+    time.sleep(0.1)  # the worker is inside the factory now
+    started = time.monotonic()
+    sink.close(timeout_s=30)
+    assert time.monotonic() - started < 2
+    release.set()
+    deadline = time.monotonic() + 5
+    while not (built and built[0].closed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert built and built[0].closed, "the late producer is closed by the worker itself"
 
 
 def test_unknown_role_is_refused():
