@@ -58,6 +58,7 @@ log = logging.getLogger("streamgmm.daemon")
 CHECKPOINT_KIND = "streamgmm-daemon"
 MAX_BACKOFF_S = 10.0  # below the watchdog's 15 s ping period
 FLUSH_TIMEOUT_S = 30.0
+COMMIT_TIMEOUT_S = 5.0  # a failed commit costs nothing: the next checkpoint commits again
 MAX_PENDING_RECORDS = 200_000
 STATUS_EVERY_S = 10.0
 LAG_EVERY_S = 5.0
@@ -318,12 +319,17 @@ class Daemon:
             self._sleep_backoff(f"cannot reach the brokers ({type(exc).__name__}: {exc})")
             return []
         if self.kafka:
-            connected = bool(records) or self.source.connected()
-            self.health.set("connected", connected, "no broker connection")
-            self.health.set("assigned", bool(self.source.assignment()), "no partitions assigned")
+            connected = bool(records) or self._check_connected()
             if not connected:
                 self._sleep_backoff("no connection to the brokers")
         return records
+
+    def _check_connected(self) -> bool:
+        """Refresh the readiness conditions the source knows about; whether it is connected."""
+        connected = self.source.connected()
+        self.health.set("connected", connected, "no broker connection")
+        self.health.set("assigned", bool(self.source.assignment()), "no partitions assigned")
+        return connected
 
     def _sleep_backoff(self, why: str) -> None:
         self._backoff = min(MAX_BACKOFF_S, max(0.5, self._backoff * 2))
@@ -474,7 +480,7 @@ class Daemon:
     def checkpoint(self, reason: str) -> bool:
         """Flush, write the checkpoint, commit its offsets; True when all three happened."""
         self._last_checkpoint = time.monotonic()
-        if not self.sink.flush(FLUSH_TIMEOUT_S):
+        if not self._flush():
             self._report_failures()
             log.warning(
                 "not every record was acknowledged within %.0f s: checkpoint and commit "
@@ -507,12 +513,36 @@ class Daemon:
         self._dirty = False
         return self._commit(reason)
 
+    def _flush(self) -> bool:
+        """Wait until the sink acknowledged everything, at most FLUSH_TIMEOUT_S.
+
+        The wait is cut in one-second slices that keep the loop's liveness,
+        the watchdog and the readiness conditions up to date: a broker that
+        stopped answering must show on /readyz, not freeze it.
+        """
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        while True:
+            if self.sink.flush(min(1.0, max(0.0, deadline - time.monotonic()))):
+                return True
+            self._tick()
+            if self.kafka:
+                self._check_connected()
+            if time.monotonic() >= deadline or not getattr(self.sink, "pending", 0):
+                return False  # timed out, or nothing pending: a record failed for good
+
     def _commit(self, reason: str) -> bool:
         offsets = {tp: o for tp, o in self._offsets.items() if tp in self.source.assignment()}
         if not offsets:
             return True
+        if self.kafka and not self.source.connected():
+            # a commit would block until its timeout: the checkpoint holds the offsets
+            log.info("not connected to the brokers: offsets not committed (%s)", reason)
+            return False
         try:
-            self.source.commit(offsets)
+            if self.kafka:
+                self.source.commit(offsets, timeout_s=COMMIT_TIMEOUT_S)
+            else:
+                self.source.commit(offsets)
         except Exception as exc:  # a rebalance in progress, a broker away: retried next time
             self.metrics.broker_errors_total.labels(operation="commit").inc()
             log.warning(

@@ -509,8 +509,14 @@ class KafkaSource:
         return lags
 
     def connected(self) -> bool:
-        """A connection to some broker of the cluster is up, and the last poll did not fail."""
+        """A broker connection is up, the last poll did not fail, and the group answers.
+
+        Once partitions are assigned, a group coordinator that was forgotten or
+        answers no heartbeat within the session timeout counts as disconnected.
+        """
         if self._consumer is None or self._last_error is not None:
+            return False
+        if not self._group_alive():
             return False
         client = getattr(self._consumer, "_client", None)
         try:
@@ -522,6 +528,27 @@ class KafkaSource:
                 return bool(self._consumer.bootstrap_connected())
             except Exception:
                 return False
+
+    def _group_alive(self) -> bool:
+        """False when a member of the group has lost its coordinator or its heartbeats.
+
+        A frozen broker keeps its TCP connections open (the kernel still accepts
+        them), so "a connection is up" stays true while nothing is answered.
+        What does stop is the group: kafka-python's heartbeat thread forgets the
+        coordinator when a request to it times out, and no heartbeat is answered
+        within the session timeout. kafka-python has no public call for this:
+        without these internals, assume alive.
+        """
+        if not self.assignment():
+            return True  # joining: the "assigned" readiness condition says so
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        heartbeat = getattr(coordinator, "heartbeat", None)
+        try:
+            if coordinator.coordinator_id is None:
+                return False
+            return not heartbeat.session_timeout_expired()
+        except Exception:  # another kafka-python layout
+            return True
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Leave the group and close (no autocommit; ``on_revoke`` is not called)."""
