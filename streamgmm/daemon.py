@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -108,6 +108,7 @@ class Restored:
     detector: Detector
     offsets: dict[TopicPartition, int]
     fresh_reason: str | None = None
+    topic_ids: dict[str, str] = field(default_factory=dict)
 
 
 def _offsets_to_state(offsets: dict[TopicPartition, int]) -> dict[str, dict[str, int]]:
@@ -162,7 +163,8 @@ def restore(config: Config) -> Restored:
         path,
         extra={"fields": {"events_seen": detector.n_seen, "partitions": len(offsets)}},
     )
-    return Restored(detector, offsets)
+    topic_ids = {str(t): str(i) for t, i in (state.get("topic_ids") or {}).items()}
+    return Restored(detector, offsets, topic_ids=topic_ids)
 
 
 def _refuse_or_fresh(
@@ -225,6 +227,7 @@ class Daemon:
         restored = restore(config)
         self.detector = restored.detector
         self._offsets = dict(restored.offsets)
+        self._topic_ids = dict(restored.topic_ids)  # the topics the offsets were read in
         self.source = source if source is not None else source_from_config(config)
         self.sink = sink if sink is not None else sink_from_config(config, self.metrics)
         self.source.set_rebalance_callbacks(self._on_assign, self._on_revoke, self._on_lost)
@@ -360,6 +363,14 @@ class Daemon:
 
     def _process(self, records: list) -> None:
         started = time.perf_counter()
+        replaced = self._replaced_topics({r.topic for r in records})
+        if replaced:  # read at positions of the old topic: read the new one from its start
+            records = [r for r in records if r.topic not in replaced]
+            self.source.seek_to_beginning(
+                tp for tp in self.source.assignment() if tp.topic in replaced
+            )
+            if not records:
+                return
         decoded = decode_batch(
             [r.value for r in records], self.fields, self.config.features.key, self.max_bytes
         )
@@ -494,6 +505,7 @@ class Daemon:
             state = {
                 "detector": self.detector.get_state(),
                 "offsets": _offsets_to_state(self._offsets),
+                "topic_ids": dict(self._topic_ids),
                 "written_at": time.time(),
                 "version": __version__,
             }
@@ -594,12 +606,17 @@ class Daemon:
             log.warning(
                 "cannot read the group's committed offsets (%s): using the checkpoint's", exc
             )
+        replaced = self._replaced_topics({tp.topic for tp in partitions})
         for tp in partitions:
+            if tp.topic in replaced:
+                continue  # neither our offsets nor the group's belong to this topic
             candidates = [o for o in (self._offsets.get(tp), committed.get(tp)) if o is not None]
             if candidates:
                 targets[tp] = max(candidates)
         if targets:
             self.source.seek(targets)
+        if replaced:
+            self.source.seek_to_beginning(tp for tp in partitions if tp.topic in replaced)
         log.info(
             "partitions assigned",
             extra={
@@ -611,6 +628,42 @@ class Daemon:
             },
         )
         self.health.set("assigned", bool(partitions), "no partitions assigned")
+
+    def _replaced_topics(self, topics: set[str]) -> set[str]:
+        """Topics whose cluster id changed since their offsets were read; forget those offsets.
+
+        A topic deleted and created again, or brokers restarted without their
+        storage, give a new, shorter log under the same name: the offsets of
+        the old one would skip its first events (or point past its end), so
+        they are dropped and the topic is read from its beginning.
+        """
+        topic_id = getattr(self.source, "topic_id", None)
+        if topic_id is None:  # a file
+            return set()
+        replaced = set()
+        for topic in topics:
+            current = topic_id(topic)
+            if current is None:
+                continue
+            known = self._topic_ids.get(topic)
+            if known is not None and known != current:
+                replaced.add(topic)
+                stale = {tp: o for tp, o in self._offsets.items() if tp.topic == topic}
+                for tp in stale:
+                    del self._offsets[tp]
+                log.error(
+                    "topic %s was deleted and created again, or its brokers lost their data "
+                    "(topic id %s, now %s): the offsets read so far belong to the old topic; "
+                    "reading the new one from its beginning",
+                    topic,
+                    known,
+                    current,
+                    extra={
+                        "fields": {"old_offsets": {str(tp.partition): o for tp, o in stale.items()}}
+                    },
+                )
+            self._topic_ids[topic] = current
+        return replaced
 
     # -- reporting ----------------------------------------------------------------
 

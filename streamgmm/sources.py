@@ -449,6 +449,34 @@ class KafkaSource:
             consumer.seek(kafka.TopicPartition(tp.topic, tp.partition), int(offset))
             self._positions[tp] = int(offset)
 
+    def seek_to_beginning(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read each assigned partition from its first offset next (others are skipped)."""
+        kafka = _kafka()
+        consumer = self._ensure_consumer()
+        assigned = self.assignment() if consumer is not None else set()
+        wanted = [TopicPartition(*tp) for tp in partitions if TopicPartition(*tp) in assigned]
+        if wanted:
+            consumer.seek_to_beginning(*(kafka.TopicPartition(*tp) for tp in wanted))
+        for tp in wanted:
+            self._positions.pop(tp, None)
+
+    def topic_id(self, topic: str) -> str | None:
+        """The cluster's id of ``topic`` (a UUID, as text), None when unknown.
+
+        From the metadata the consumer already holds: no network, safe in a
+        rebalance callback. A topic deleted and created again, or re-created
+        by brokers that lost their storage, has a new id: offsets read in the
+        old one mean nothing in it. Brokers before Kafka 2.8 give no ids.
+        """
+        cluster = getattr(getattr(self._consumer, "_client", None), "cluster", None)
+        try:
+            value = cluster.topic_id(topic)
+        except Exception:  # no consumer yet, or a kafka-python without topic ids
+            return None
+        if value is None or not getattr(value, "int", 1):  # the all-zero UUID: no id
+            return None
+        return str(value)
+
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets (``None``: nothing committed)."""
         wanted = [TopicPartition(*tp) for tp in partitions]

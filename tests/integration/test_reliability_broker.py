@@ -185,3 +185,90 @@ def test_broker_frozen_past_session_and_delivery_timeouts_is_survived(tmp_path, 
         outliers_lost=0,
         events_learnt=int(state["detector"]["n_seen"]),
     )
+
+
+# ---------------------------------------------------------------------------
+# (b) broker restarted: Tansu forgets everything
+
+
+def test_broker_restarted_empty_is_survived_and_no_event_is_skipped(tmp_path, own_broker, unique):
+    """Tansu keeps topics, offsets and groups in memory: a restart brings back an
+    empty cluster at the same address. The checkpoint's offsets then point past
+    the end of the new, empty topic (or, once it grew, into the middle of it);
+    the daemon must notice the topic is another one and read it from its start."""
+    broker = own_broker
+    topics = make_topics(broker, unique)
+    group = unique("g")
+    checkpoint = tmp_path / "state" / "model.npz"
+    rng = np.random.default_rng(11)
+    daemon = start_daemon(tmp_path, broker, topics, group, "run1.log")
+    first = stream(rng, 3000, 0, [100_000 + i for i in range(5)])
+    ends = ends_of(produce_events(broker.bootstrap, topics["events"], first))
+    wait_checkpoint_at(daemon, checkpoint, topics["events"], ends)
+    learnt = len(first)
+
+    # 1. the broker restarts empty while the daemon runs
+    broker.stop()
+    stopped_at = time.monotonic()
+    wait_for(lambda: not ready(daemon), 15, "/readyz to report the broker gone", daemon)
+    not_ready_after = time.monotonic() - stopped_at
+    time.sleep(max(0.0, 4.0 - not_ready_after))  # longer than the session timeout
+    assert daemon.process.poll() is None, daemon.log_tail()
+    broker.start()  # same port
+    restarted_at = time.monotonic()
+    create(broker, topics)
+    # more events than the old offsets: a stale position would land inside them
+    second = stream(rng, 4000, 10_000, [200_000 + i for i in range(5)])
+    ends = ends_of(produce_events(broker.bootstrap, topics["events"], second))
+    wait_for(lambda: ready(daemon), 40, "/readyz after the restart", daemon)
+    ready_after = time.monotonic() - restarted_at
+    state = wait_checkpoint_at(daemon, checkpoint, topics["events"], ends, 60)
+    caught_up_after = time.monotonic() - restarted_at
+    learnt += len(second)
+    assert state["detector"]["n_seen"] == learnt, (
+        f"the model learnt {state['detector']['n_seen']} events, {learnt} were sent: "
+        "events of the new topic were skipped or learnt twice"
+    )
+    wait_for(
+        lambda: {200_000 + i for i in range(5)} <= injected(broker, topics["outliers"]),
+        20,
+        "the outliers of the new topic",
+        daemon,
+    )
+    assert daemon.terminate() == 0, daemon.log_tail()
+
+    # 2. the broker restarts empty while the daemon is stopped
+    broker.stop()
+    broker.start()
+    create(broker, topics)
+    third = stream(rng, 5000, 20_000, [300_000 + i for i in range(5)])
+    ends = ends_of(produce_events(broker.bootstrap, topics["events"], third))
+    started_at = time.monotonic()
+    daemon = start_daemon(tmp_path, broker, topics, group, "run2.log")
+    state = wait_checkpoint_at(daemon, checkpoint, topics["events"], ends, 60)
+    cold_caught_up_after = time.monotonic() - started_at
+    learnt += len(third)
+    assert state["detector"]["n_seen"] == learnt, (
+        f"the model learnt {state['detector']['n_seen']} events, {learnt} were sent: "
+        "the checkpoint's offsets of the old topic were used in the new one"
+    )
+    wait_for(
+        lambda: {300_000 + i for i in range(5)} <= injected(broker, topics["outliers"]),
+        20,
+        "the outliers after a cold start on the new topic",
+        daemon,
+    )
+    log = daemon.log_path.read_text()
+    assert "created again" in log, "the daemon must say loudly that the topic changed"
+    assert daemon.terminate() == 0, daemon.log_tail()
+    record(
+        "broker_restart_empty",
+        fault="broker killed and restarted empty at the same address (Tansu, memory storage)",
+        not_ready_after_stop_s=round(not_ready_after, 2),
+        ready_after_restart_s=round(ready_after, 2),
+        caught_up_after_restart_s=round(caught_up_after, 2),
+        cold_start_caught_up_s=round(cold_caught_up_after, 2),
+        events=learnt,
+        events_learnt=int(state["detector"]["n_seen"]),
+        events_skipped=learnt - int(state["detector"]["n_seen"]),
+    )
