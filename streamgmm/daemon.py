@@ -588,13 +588,15 @@ class Daemon:
             self._offsets.pop(tp, None)
 
     def _on_lost(self, partitions: set[TopicPartition]) -> None:
+        # The positions are kept: the model has learnt every event before them, and
+        # the group's committed offset may be older (nothing could be committed). A
+        # partition that comes back resumes here; one another member moved further
+        # is resumed at its commit (the larger of the two wins in _on_assign).
         log.warning(
-            "partitions lost to the group (session timed out): they will be re-read "
-            "by their next owner",
+            "partitions lost to the group (evicted: session timed out, or the brokers "
+            "restarted): their next owner reads them from the group's committed offset",
             extra={"fields": {"partitions": sorted(partitions)}},
         )
-        for tp in partitions:
-            self._offsets.pop(tp, None)
 
     def _on_assign(self, partitions: set[TopicPartition]) -> None:
         targets = {}
