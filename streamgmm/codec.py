@@ -576,10 +576,13 @@ def _dumps(record: dict) -> bytes:
     try:
         text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError:
-        text = json.dumps(
-            _sanitize(record), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        )
-    return text.encode("utf-8")
+        record = _sanitize(record)
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a "\ud800" escape in the event:
+        # written as the same escape again (valid JSON, not valid UTF-8 text otherwise)
+        return json.dumps(record, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def encode_outlier(

@@ -421,7 +421,8 @@ class Daemon:
             message_key = (
                 record.key
                 if record.key is not None
-                else (key.encode() if key is not None else None)
+                # a lone surrogate (a "\ud800" escape in the event) is no UTF-8: kept escaped
+                else (key.encode("utf-8", "backslashreplace") if key is not None else None)
             )
             self.sink.send("outliers", message_key, value)
 

@@ -97,9 +97,10 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
 
 
 def produce_events(
-    bootstrap: str, topic: str, events: list[dict | bytes], key_field: str | None = "host"
+    bootstrap: str, topic: str, events: list[dict | bytes | None], key_field: str | None = "host"
 ) -> list[tuple[int, int]]:
-    """Send events (dicts as JSON, or raw bytes), wait for every ack; (partition, offset) each."""
+    """Send events (dicts as JSON, raw bytes, None for a tombstone), wait for every ack;
+    the (partition, offset) of each."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -109,6 +110,8 @@ def produce_events(
             if isinstance(event, dict):
                 key = str(event.get(key_field, "")).encode() if key_field else None
                 futures.append(producer.send(topic, key=key, value=json.dumps(event).encode()))
+            elif event is None:  # a tombstone needs a key
+                futures.append(producer.send(topic, key=b"tombstone", value=None))
             else:
                 futures.append(producer.send(topic, value=event))
         producer.flush(timeout=60)
@@ -125,12 +128,49 @@ def ends_of(coordinates: list[tuple[int, int]], ends: dict | None = None) -> dic
     return ends
 
 
-def read_json(broker, topic: str, deadline_s: float = 5.0) -> list[dict]:
-    """Every record of a topic as parsed JSON (with its partition and offset added)."""
-    from .conftest import _read_all
+def read_records(broker, topic: str, deadline_s: float = 10.0, expected: int | None = None):
+    """Every record of a topic (all partitions, from the start), without a group.
 
+    Reads until ``expected`` records arrived, or else until every partition's
+    position reaches the high watermark of the fetch responses (Tansu's
+    ListOffsets end offsets can be short of the log's end), or the deadline.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=broker.bootstrap, enable_auto_commit=False, group_id=None
+    )
+    try:
+        partitions = broker.partition_counts([topic]).get(topic, 0)
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        records: list = []
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            if expected is not None:
+                if len(records) >= expected:
+                    break
+                continue
+            highs = [consumer.highwater(tp) for tp in tps]
+            if all(
+                h is not None and consumer.position(tp) >= h
+                for tp, h in zip(tps, highs, strict=True)
+            ):
+                break
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        consumer.close()
+
+
+def read_json(
+    broker, topic: str, deadline_s: float = 10.0, expected: int | None = None
+) -> list[dict]:
+    """Every record of a topic as parsed JSON, its partition and offset added (``_at``)."""
     out = []
-    for r in _read_all(broker, topic, None, deadline_s):
+    for r in read_records(broker, topic, deadline_s, expected):
         value = json.loads(r.value)
         value["_at"] = (r.partition, r.offset)
         out.append(value)
@@ -283,6 +323,7 @@ __all__ = [
     "produce_events",
     "read_checkpoint",
     "read_json",
+    "read_records",
     "rss_kib",
     "temp_files",
     "valid_before",
