@@ -10,7 +10,8 @@ truncated, tampered or mismatched file is refused whole, never loaded half.
 
 Writes go to a temporary file in the same directory, are fsynced and then
 renamed over the target, so a crash leaves either the old file or the new
-one, never a mixture.
+one, never a mixture. The temporary file a crash left behind is deleted by
+the next write of the same target.
 
 Examples
 --------
@@ -164,7 +165,8 @@ def save_state(
     buffer = io.BytesIO()
     np.savez(buffer, **arrays, **{_META: np.frombuffer(json.dumps(meta).encode(), np.uint8)})
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    prefix = _temp_prefix(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(buffer.getbuffer())
@@ -176,6 +178,28 @@ def save_state(
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+    _remove_leftovers(directory, prefix)
+
+
+def _temp_prefix(path: str) -> str:
+    """Temporary files of ``path`` are ``.<name>.tmp-XXXX`` in its directory."""
+    return f".{os.path.basename(path)}.tmp-"
+
+
+def _remove_leftovers(directory: str, prefix: str) -> None:
+    """Delete temporary files of earlier writes of the same file that a crash interrupted.
+
+    A process killed between writing its temporary file and renaming it leaves
+    that file behind; without this, a crash-looping daemon would fill its disk.
+    """
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
 
 
 # ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,7 @@ log = logging.getLogger("streamgmm.daemon")
 CHECKPOINT_KIND = "streamgmm-daemon"
 MAX_BACKOFF_S = 10.0  # a backoff sleep still ticks (watchdog, liveness) every tick_s
 FLUSH_TIMEOUT_S = 30.0
+COMMIT_TIMEOUT_S = 5.0  # a failed commit costs nothing: the next checkpoint commits again
 MAX_PENDING_RECORDS = 200_000
 STATUS_EVERY_S = 10.0
 POLL_TIMEOUT_S = 1.0  # shortened under a short WatchdogSec= (see Daemon._block_s)
@@ -109,6 +110,7 @@ class Restored:
     detector: Detector
     offsets: dict[TopicPartition, int]
     fresh_reason: str | None = None
+    topic_ids: dict[str, str] = field(default_factory=dict)
 
 
 def _offsets_to_state(offsets: dict[TopicPartition, int]) -> dict[str, dict[str, int]]:
@@ -163,7 +165,8 @@ def restore(config: Config) -> Restored:
         path,
         extra={"fields": {"events_seen": detector.n_seen, "partitions": len(offsets)}},
     )
-    return Restored(detector, offsets)
+    topic_ids = {str(t): str(i) for t, i in (state.get("topic_ids") or {}).items()}
+    return Restored(detector, offsets, topic_ids=topic_ids)
 
 
 def _refuse_or_fresh(
@@ -234,6 +237,7 @@ class Daemon:
         restored = restore(config)
         self.detector = restored.detector
         self._offsets = dict(restored.offsets)
+        self._topic_ids = dict(restored.topic_ids)  # the topics the offsets were read in
         self.source = (
             source if source is not None else source_from_config(config, max_block_s=self._block_s)
         )
@@ -355,12 +359,17 @@ class Daemon:
             self._sleep_backoff(f"cannot reach the brokers ({type(exc).__name__}: {exc})")
             return []
         if self.kafka:
-            connected = bool(records) or self.source.connected()
-            self.health.set("connected", connected, "no broker connection")
-            self.health.set("assigned", bool(self.source.assignment()), "no partitions assigned")
+            connected = bool(records) or self._check_connected()
             if not connected:
                 self._sleep_backoff("no connection to the brokers")
         return records
+
+    def _check_connected(self) -> bool:
+        """Refresh the readiness conditions the source knows about; whether it is connected."""
+        connected = self.source.connected()
+        self.health.set("connected", connected, "no broker connection")
+        self.health.set("assigned", bool(self.source.assignment()), "no partitions assigned")
+        return connected
 
     def _sleep_backoff(self, why: str) -> None:
         self._backoff = min(MAX_BACKOFF_S, max(0.5, self._backoff * 2))
@@ -376,17 +385,21 @@ class Daemon:
             self._stop.wait(min(self._tick_s, 0.5, max(0.0, deadline - time.monotonic())))
 
     def _flush(self, timeout_s: float) -> bool:
-        """``sink.flush`` in slices the watchdog can live with: a slow broker is not a hung loop.
+        """``sink.flush`` in slices, bounded by ``timeout_s``.
 
-        The wait stays bounded by ``timeout_s``; between slices the loop ticks.
+        Between slices the loop ticks (liveness, watchdog) and /readyz is kept
+        current: a broker that stopped answering shows there, not as a hung loop.
         """
         deadline = time.monotonic() + timeout_s
         while True:
             self._tick()
             remaining = deadline - time.monotonic()
-            flushed = self.sink.flush(max(0.0, min(self._tick_s, remaining)))
-            if flushed or not getattr(self.sink, "pending", 0) or remaining <= self._tick_s:
-                return flushed
+            if self.sink.flush(max(0.0, min(self._tick_s, remaining))):
+                return True
+            if self.kafka:
+                self._check_connected()
+            if remaining <= self._tick_s or not getattr(self.sink, "pending", 0):
+                return False  # timed out, or nothing pending: a record failed for good
 
     def _sink_backlogged(self) -> bool:
         pending = getattr(self.sink, "pending", 0)
@@ -404,6 +417,14 @@ class Daemon:
 
     def _process(self, records: list) -> None:
         started = time.perf_counter()
+        replaced = self._replaced_topics({r.topic for r in records})
+        if replaced:  # read at positions of the old topic: read the new one from its start
+            records = [r for r in records if r.topic not in replaced]
+            self.source.seek_to_beginning(
+                tp for tp in self.source.assignment() if tp.topic in replaced
+            )
+            if not records:
+                return
         decoded = decode_batch(
             [r.value for r in records], self.fields, self.config.features.key, self.max_bytes
         )
@@ -454,7 +475,8 @@ class Daemon:
             message_key = (
                 record.key
                 if record.key is not None
-                else (key.encode() if key is not None else None)
+                # a lone surrogate (a "\ud800" escape in the event) is no UTF-8: kept escaped
+                else (key.encode("utf-8", "backslashreplace") if key is not None else None)
             )
             self.sink.send("outliers", message_key, value)
 
@@ -539,6 +561,7 @@ class Daemon:
             state = {
                 "detector": self.detector.get_state(),
                 "offsets": _offsets_to_state(self._offsets),
+                "topic_ids": dict(self._topic_ids),
                 "written_at": time.time(),
                 "version": __version__,
             }
@@ -562,11 +585,18 @@ class Daemon:
         offsets = {tp: o for tp, o in self._offsets.items() if tp in self.source.assignment()}
         if not offsets:
             return True
+        if self.kafka and not self.source.connected():
+            # a commit would block until its timeout: the checkpoint holds the offsets
+            log.info("not connected to the brokers: offsets not committed (%s)", reason)
+            return False
         try:
-            if self._block_s is None or not self.kafka:
+            if self.kafka:  # bounded: a stalled broker must not stall the loop or watchdog
+                timeout = COMMIT_TIMEOUT_S if self._block_s is None else min(
+                    COMMIT_TIMEOUT_S, self._block_s
+                )
+                self.source.commit(offsets, timeout_s=timeout)
+            else:
                 self.source.commit(offsets)
-            else:  # a broker that stalls must not stall the watchdog: retried next checkpoint
-                self.source.commit(offsets, timeout_s=self._block_s)
         except Exception as exc:  # a rebalance in progress, a broker away: retried next time
             self.metrics.broker_errors_total.labels(operation="commit").inc()
             log.warning(
@@ -600,13 +630,15 @@ class Daemon:
             self._offsets.pop(tp, None)
 
     def _on_lost(self, partitions: set[TopicPartition]) -> None:
+        # The positions are kept: the model has learnt every event before them, and
+        # the group's committed offset may be older (nothing could be committed). A
+        # partition that comes back resumes here; one another member moved further
+        # is resumed at its commit (the larger of the two wins in _on_assign).
         log.warning(
-            "partitions lost to the group (session timed out): they will be re-read "
-            "by their next owner",
+            "partitions lost to the group (evicted: session timed out, or the brokers "
+            "restarted): their next owner reads them from the group's committed offset",
             extra={"fields": {"partitions": sorted(partitions)}},
         )
-        for tp in partitions:
-            self._offsets.pop(tp, None)
 
     def _on_assign(self, partitions: set[TopicPartition]) -> None:
         targets = {}
@@ -618,12 +650,17 @@ class Daemon:
             log.warning(
                 "cannot read the group's committed offsets (%s): using the checkpoint's", exc
             )
+        replaced = self._replaced_topics({tp.topic for tp in partitions})
         for tp in partitions:
+            if tp.topic in replaced:
+                continue  # neither our offsets nor the group's belong to this topic
             candidates = [o for o in (self._offsets.get(tp), committed.get(tp)) if o is not None]
             if candidates:
                 targets[tp] = max(candidates)
         if targets:
             self.source.seek(targets)
+        if replaced:
+            self.source.seek_to_beginning(tp for tp in partitions if tp.topic in replaced)
         log.info(
             "partitions assigned",
             extra={
@@ -635,6 +672,42 @@ class Daemon:
             },
         )
         self.health.set("assigned", bool(partitions), "no partitions assigned")
+
+    def _replaced_topics(self, topics: set[str]) -> set[str]:
+        """Topics whose cluster id changed since their offsets were read; forget those offsets.
+
+        A topic deleted and created again, or brokers restarted without their
+        storage, give a new, shorter log under the same name: the offsets of
+        the old one would skip its first events (or point past its end), so
+        they are dropped and the topic is read from its beginning.
+        """
+        topic_id = getattr(self.source, "topic_id", None)
+        if topic_id is None:  # a file
+            return set()
+        replaced = set()
+        for topic in topics:
+            current = topic_id(topic)
+            if current is None:
+                continue
+            known = self._topic_ids.get(topic)
+            if known is not None and known != current:
+                replaced.add(topic)
+                stale = {tp: o for tp, o in self._offsets.items() if tp.topic == topic}
+                for tp in stale:
+                    del self._offsets[tp]
+                log.error(
+                    "topic %s was deleted and created again, or its brokers lost their data "
+                    "(topic id %s, now %s): the offsets read so far belong to the old topic; "
+                    "reading the new one from its beginning",
+                    topic,
+                    known,
+                    current,
+                    extra={
+                        "fields": {"old_offsets": {str(tp.partition): o for tp, o in stale.items()}}
+                    },
+                )
+            self._topic_ids[topic] = current
+        return replaced
 
     # -- reporting ----------------------------------------------------------------
 

@@ -463,6 +463,34 @@ class KafkaSource:
             consumer.seek(kafka.TopicPartition(tp.topic, tp.partition), int(offset))
             self._positions[tp] = int(offset)
 
+    def seek_to_beginning(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read each assigned partition from its first offset next (others are skipped)."""
+        kafka = _kafka()
+        consumer = self._ensure_consumer()
+        assigned = self.assignment() if consumer is not None else set()
+        wanted = [TopicPartition(*tp) for tp in partitions if TopicPartition(*tp) in assigned]
+        if wanted:
+            consumer.seek_to_beginning(*(kafka.TopicPartition(*tp) for tp in wanted))
+        for tp in wanted:
+            self._positions.pop(tp, None)
+
+    def topic_id(self, topic: str) -> str | None:
+        """The cluster's id of ``topic`` (a UUID, as text), None when unknown.
+
+        From the metadata the consumer already holds: no network, safe in a
+        rebalance callback. A topic deleted and created again, or re-created
+        by brokers that lost their storage, has a new id: offsets read in the
+        old one mean nothing in it. Brokers before Kafka 2.8 give no ids.
+        """
+        cluster = getattr(getattr(self._consumer, "_client", None), "cluster", None)
+        try:
+            value = cluster.topic_id(topic)
+        except Exception:  # no consumer yet, or a kafka-python without topic ids
+            return None
+        if value is None or not getattr(value, "int", 1):  # the all-zero UUID: no id
+            return None
+        return str(value)
+
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets (``None``: nothing committed)."""
         wanted = [TopicPartition(*tp) for tp in partitions]
@@ -523,8 +551,14 @@ class KafkaSource:
         return lags
 
     def connected(self) -> bool:
-        """A connection to some broker of the cluster is up, and the last poll did not fail."""
+        """A broker connection is up, the last poll did not fail, and the group answers.
+
+        Once partitions are assigned, a group coordinator that was forgotten or
+        answers no heartbeat within the session timeout counts as disconnected.
+        """
         if self._consumer is None or self._last_error is not None:
+            return False
+        if not self._group_alive():
             return False
         client = getattr(self._consumer, "_client", None)
         try:
@@ -536,6 +570,27 @@ class KafkaSource:
                 return bool(self._consumer.bootstrap_connected())
             except Exception:
                 return False
+
+    def _group_alive(self) -> bool:
+        """False when a member of the group has lost its coordinator or its heartbeats.
+
+        A frozen broker keeps its TCP connections open (the kernel still accepts
+        them), so "a connection is up" stays true while nothing is answered.
+        What does stop is the group: kafka-python's heartbeat thread forgets the
+        coordinator when a request to it times out, and no heartbeat is answered
+        within the session timeout. kafka-python has no public call for this:
+        without these internals, assume alive.
+        """
+        if not self.assignment():
+            return True  # joining: the "assigned" readiness condition says so
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        heartbeat = getattr(coordinator, "heartbeat", None)
+        try:
+            if coordinator.coordinator_id is None:
+                return False
+            return not heartbeat.session_timeout_expired()
+        except Exception:  # another kafka-python layout
+            return True
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Leave the group and close (no autocommit; ``on_revoke`` is not called)."""

@@ -85,13 +85,19 @@ class DaemonProcess:
     """One ``streamgmm run`` process; its log goes to ``log_path``."""
 
     def __init__(
-        self, config_path: Path, port: int, log_path: Path, env: dict | None = None
+        self,
+        config_path: Path,
+        port: int,
+        log_path: Path,
+        env: dict | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
         self.port = port
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        launcher = launcher or [sys.executable, "-m", "streamgmm.cli"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamgmm.cli", "run", "-c", str(config_path)],
+            [*launcher, "run", "-c", str(config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

@@ -110,6 +110,14 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["state.npz"]
 
 
+def test_a_temporary_file_left_by_a_crashed_write_is_removed_by_the_next(tmp_path):
+    path = saved(tmp_path)
+    (tmp_path / ".state.npz.tmp-crashed").write_bytes(b"half a checkpoint")
+    (tmp_path / ".other.npz.tmp-busy").write_bytes(b"another file's write")
+    save_state(path, {"n": 1}, kind="test")
+    assert sorted(os.listdir(tmp_path)) == [".other.npz.tmp-busy", "state.npz"]
+
+
 def test_no_pickle_is_ever_needed(tmp_path):
     path = saved(tmp_path)
     with np.load(path, allow_pickle=False) as archive:
