@@ -18,7 +18,6 @@ Prometheus itself: test_prometheus_server.py checks those on a real server.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import numpy as np
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.ops import dashboard as dash
 
 from .daemon_process import DaemonProcess, anomaly, encode, normal_events, write_config
 
@@ -36,16 +37,6 @@ SCRAPE_LABELS = {"job", "instance"}  # added by Prometheus to every scraped seri
 PROMETHEUS_SERIES = {"up"}  # made by Prometheus, not exported
 
 
-def _load_ops(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"_streamgmm_ops_{name}", ROOT / "tests" / "ops" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dash = _load_ops("dashboard")
 ALERTS = yaml.safe_load((ROOT / "config" / "prometheus" / "alerts.yml").read_text())["groups"][0][
     "rules"
 ]

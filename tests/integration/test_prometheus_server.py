@@ -20,7 +20,6 @@ loaded:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -35,6 +34,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.ops import dashboard as dash
+
 from .daemon_process import DaemonProcess, anomaly, encode, free_port, normal_events, write_config
 
 pytestmark = pytest.mark.integration
@@ -42,18 +43,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"
 GUIDE = ROOT / "docs" / "operations.md"
-
-
-def _load_ops(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"_streamgmm_ops_{name}", ROOT / "tests" / "ops" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dash = _load_ops("dashboard")
 
 
 def documented_prometheus_config() -> dict:

@@ -14,7 +14,6 @@ library may swallow and log rather than die of). The kernel's
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -26,24 +25,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.ops import sandbox
+
 from .daemon_process import DaemonProcess, anomaly, encode, normal_events, write_config
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "streamgmm.service"
-
-
-def _load_ops(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"_streamgmm_ops_{name}", ROOT / "tests" / "ops" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sandbox = _load_ops("sandbox")
 
 
 class SandboxedDaemon(DaemonProcess):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.ops import dashboard as dash
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "config" / "prometheus" / "alerts.yml"
@@ -26,17 +27,6 @@ EXPECTED = [
     "StreamgmmNotReady",
     "StreamgmmProducerRebuilds",
 ]
-
-
-def _load(name: str):
-    path = ROOT / "tests" / "ops" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_streamgmm_ops_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dash = _load("dashboard")
 
 
 def promtool() -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -11,23 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ops import dashboard as dash
+from tests.ops import sandbox
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "operations.md").read_text()
 UNIT = ROOT / "systemd" / "streamgmm.service"
 REFERENCE_CONFIG = ROOT / "config" / "streamgmm.yaml"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"_streamgmm_ops_{name}", ROOT / "tests" / "ops" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dash = _load("dashboard")
-sandbox = _load("sandbox")
 
 
 def test_every_alert_has_its_runbook_entry():

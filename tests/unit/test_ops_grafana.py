@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -12,18 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ops import dashboard as dash
+
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "tests" / "ops"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_streamgmm_ops_{name}", OPS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dash = _load("dashboard")
 DASHBOARD = json.loads(dash.DASHBOARD.read_text())
 PANELS = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
 EXPRESSIONS = dash.dashboard_expressions()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import socket
@@ -13,21 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.ops import sandbox
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "streamgmm.service"
 OPS = ROOT / "tests" / "ops"
 EXEC_START = "/usr/bin/streamgmm run -c /etc/streamgmm/streamgmm.yaml"
 MAX_EXPOSURE = 3.0
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_streamgmm_ops_{name}", OPS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sandbox = _load("sandbox")
 
 
 def systemd_analyze() -> str:
