@@ -591,8 +591,10 @@ class Daemon:
             return False
         try:
             if self.kafka:  # bounded: a stalled broker must not stall the loop or watchdog
-                timeout = COMMIT_TIMEOUT_S if self._block_s is None else min(
-                    COMMIT_TIMEOUT_S, self._block_s
+                timeout = (
+                    COMMIT_TIMEOUT_S
+                    if self._block_s is None
+                    else min(COMMIT_TIMEOUT_S, self._block_s)
                 )
                 self.source.commit(offsets, timeout_s=timeout)
             else:

@@ -345,7 +345,11 @@ class Detector:
         self.model.fit(Z)
         self.threshold.bind(buffer.shape[1])
         if isinstance(self.threshold, QuantileThreshold):
-            self.threshold.initialise(self.model_score_quantile(self.threshold.q))
+            # the warm-up's own scores, but none above what the model itself predicts for
+            # its q-quantile: anomalies in the warm-up cannot lift the threshold over them
+            prior = self.model_score_quantile(self.threshold.q)
+            scores = self.standardizer.log_scale_sum - self.model.score_samples(Z)
+            self.threshold.initialise(prior, np.minimum(scores, prior))
 
     def model_score_quantile(self, q: float) -> float:
         """The q-quantile of scores the model itself predicts for its own events.

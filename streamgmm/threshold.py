@@ -75,7 +75,7 @@ class Threshold:
     def bind(self, n_features: int) -> None:
         """Learn the dimension of the data (once the first events are known)."""
 
-    def initialise(self, prior: float) -> None:
+    def initialise(self, prior: float, scores: np.ndarray | None = None) -> None:
         """Start from ``prior``, the model's own estimate (see ``Detector``), until data speak."""
 
     @property
@@ -175,10 +175,11 @@ class QuantileThreshold(Threshold):
             "min_count": self.min_count,
         }
 
-    def initialise(self, prior: float) -> None:
-        # the warm-up's own scores are in-sample (too good) and may hold the anomalies
-        # the trimmed fit left out: the model's quantile serves until inliers arrive
+    def initialise(self, prior: float, scores: np.ndarray | None = None) -> None:
+        """Start at ``prior``; ``scores`` (the warm-up's, capped) seed the window."""
         self._value = float(prior)
+        if scores is not None and len(scores):
+            self._scores.extend(scores)
 
     @property
     def value(self) -> float:

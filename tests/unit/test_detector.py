@@ -147,3 +147,17 @@ def test_fingerprint_names_the_fields(tmp_path):
             kind="Detector",
             fingerprint=Detector(warmup=10, covariance_type="full").fingerprint(),
         )
+
+
+def test_attack_inside_the_warmup_does_not_hide_later_attacks():
+    rng = np.random.default_rng(10)
+    attack = np.array([[40.0, -40.0, 40.0]])
+    warmup = np.concatenate([clusters(rng, 290), np.repeat(attack, 10, axis=0)])
+    detector = Detector(warmup=300, random_state=0)
+    detector.process(warmup[rng.permutation(300)])
+    for _ in range(15):  # until the inliers' own estimate has taken over from the prior
+        detector.process(clusters(rng, 100))
+    result = detector.process(np.concatenate([clusters(rng, 500), attack]))
+    assert result.is_outlier[-1], "the attack seen in the warm-up went unflagged"
+    assert result.score[-1] > result.threshold
+    assert result.is_outlier[:-1].mean() < 0.01
