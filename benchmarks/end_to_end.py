@@ -21,7 +21,6 @@ Run: ``python benchmarks/end_to_end.py [--events 200000] [--rate 5000 --seconds 
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
