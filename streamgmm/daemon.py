@@ -143,7 +143,8 @@ def restore(config: Config) -> Restored:
         return _refuse_or_fresh(path, config.checkpoint.on_corrupt, "on_corrupt", exc, fresh)
     except OSError as exc:
         raise FatalError(
-            f"checkpoint.path: cannot read {path}: {exc.strerror or exc}; fix its permissions"
+            f"checkpoint.path: cannot read {path}: {exc.strerror or exc}; fix the path or "
+            "its permissions (an unreadable file is never replaced by a new model)"
         ) from exc
     detector = Detector.from_state(state["detector"])
     configured = build_threshold(config)
