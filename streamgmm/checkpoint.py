@@ -212,6 +212,11 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
     # is judged, so a start-fresh policy never throws away a good file it could not open.
     with open(path, "rb") as handle:
         data = handle.read()
+    if not data.startswith(b"PK\x03\x04"):  # numpy would call anything else a pickle
+        raise CheckpointCorruptError(
+            f"{path} is not a streamgmm state file (not an .npz archive, {len(data)} bytes); "
+            "it is truncated or damaged: restore a backup or move it away to start fresh"
+        )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             names = list(archive.files)

@@ -172,7 +172,11 @@ def _refuse_or_fresh(
     path: str, policy: str, key: str, exc: CheckpointError, fresh: Restored
 ) -> Restored:
     if policy == "refuse":
-        raise FatalError(f"{exc} (checkpoint.{key}: refuse)") from exc
+        way_out = f"checkpoint.{key}: fresh"
+        hint = "" if way_out in str(exc) else f"; or set {way_out} to start a new model"
+        raise FatalError(
+            f"checkpoint.path: {exc}{hint} (checkpoint.{key} is refuse: not started)"
+        ) from exc
     kept = f"{path}.rejected-{int(time.time())}"
     try:
         os.replace(path, kept)
