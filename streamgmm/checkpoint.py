@@ -207,8 +207,18 @@ def _remove_leftovers(directory: str, prefix: str) -> None:
 
 
 def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
+    # A file that cannot be read (missing, permissions, a directory, an I/O error) is
+    # not a damaged one: that OSError goes to the caller as it is. Only what was read
+    # is judged, so a start-fresh policy never throws away a good file it could not open.
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data.startswith(b"PK\x03\x04"):  # numpy would call anything else a pickle
+        raise CheckpointCorruptError(
+            f"{path} is not a streamgmm state file (not an .npz archive, {len(data)} bytes); "
+            "it is truncated or damaged: restore a backup or move it away to start fresh"
+        )
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             names = list(archive.files)
             if _META not in names:
                 raise CheckpointCorruptError(
@@ -218,8 +228,6 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
             meta = json.loads(archive[_META].tobytes().decode())
             arrays = {name: archive[name] for name in names if name != _META}
     except CheckpointError:
-        raise
-    except FileNotFoundError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, UnicodeDecodeError) as exc:
         raise CheckpointCorruptError(
@@ -240,6 +248,8 @@ def load_state(
     ------
     FileNotFoundError
         There is no file at ``path``.
+    OSError
+        The file cannot be read (permissions, a directory, an I/O error).
     CheckpointCorruptError
         The file is truncated, tampered with or not a state file.
     CheckpointMismatchError

@@ -149,6 +149,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return _fail(f"no file at {args.checkpoint}")
     except CheckpointError as exc:
         return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot read {args.checkpoint}: {exc.strerror or exc}")
     if args.json:
         json.dump(info, sys.stdout, indent=2, default=float)
         print()

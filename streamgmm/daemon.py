@@ -145,7 +145,8 @@ def restore(config: Config) -> Restored:
         return _refuse_or_fresh(path, config.checkpoint.on_corrupt, "on_corrupt", exc, fresh)
     except OSError as exc:
         raise FatalError(
-            f"checkpoint.path: cannot read {path}: {exc.strerror or exc}; fix its permissions"
+            f"checkpoint.path: cannot read {path}: {exc.strerror or exc}; fix the path or "
+            "its permissions (an unreadable file is never replaced by a new model)"
         ) from exc
     detector = Detector.from_state(state["detector"])
     configured = build_threshold(config)
@@ -173,7 +174,11 @@ def _refuse_or_fresh(
     path: str, policy: str, key: str, exc: CheckpointError, fresh: Restored
 ) -> Restored:
     if policy == "refuse":
-        raise FatalError(f"{exc} (checkpoint.{key}: refuse)") from exc
+        way_out = f"checkpoint.{key}: fresh"
+        hint = "" if way_out in str(exc) else f"; or set {way_out} to start a new model"
+        raise FatalError(
+            f"checkpoint.path: {exc}{hint} (checkpoint.{key} is refuse: not started)"
+        ) from exc
     kept = f"{path}.rejected-{int(time.time())}"
     try:
         os.replace(path, kept)
@@ -359,10 +364,26 @@ class Daemon:
             self._sleep_backoff(f"cannot reach the brokers ({type(exc).__name__}: {exc})")
             return []
         if self.kafka:
+            records = self._drop_replaced(records)
             connected = bool(records) or self._check_connected()
             if not connected:
                 self._sleep_backoff("no connection to the brokers")
         return records
+
+    def _drop_replaced(self, records: list) -> list:
+        """Check the assigned topics' ids on every poll (cheap: cached metadata).
+
+        The id may change after the partitions were assigned (the metadata
+        is refreshed later), and with no record to read (the old offset is
+        the new log's end): a replaced topic is read from its start, and
+        records read from it at old positions are dropped, not learnt.
+        """
+        assigned = self.source.assignment()
+        replaced = self._replaced_topics({tp.topic for tp in assigned} | {r.topic for r in records})
+        if not replaced:
+            return records
+        self.source.seek_to_beginning(tp for tp in assigned if tp.topic in replaced)
+        return [r for r in records if r.topic not in replaced]
 
     def _check_connected(self) -> bool:
         """Refresh the readiness conditions the source knows about; whether it is connected."""
@@ -417,14 +438,6 @@ class Daemon:
 
     def _process(self, records: list) -> None:
         started = time.perf_counter()
-        replaced = self._replaced_topics({r.topic for r in records})
-        if replaced:  # read at positions of the old topic: read the new one from its start
-            records = [r for r in records if r.topic not in replaced]
-            self.source.seek_to_beginning(
-                tp for tp in self.source.assignment() if tp.topic in replaced
-            )
-            if not records:
-                return
         decoded = decode_batch(
             [r.value for r in records], self.fields, self.config.features.key, self.max_bytes
         )

@@ -223,6 +223,9 @@ class KafkaSource:
         self._closed = False
         self._last_error: str | None = None
         self._async_listener = hasattr(kafka, "AsyncConsumerRebalanceListener")
+        self._joined_at: float | None = None  # heartbeat clock reset of our last join
+        self._unsure_since: float | None = None  # fetching paused since (monotonic ms)
+        self._refresh_requested = False
 
     # -- setup -------------------------------------------------------------------
 
@@ -263,6 +266,7 @@ class KafkaSource:
                     await source._commit_from_callback(commits)
 
                 async def on_partitions_assigned(self, assigned):
+                    source._note_join(assigned)
                     # committed offsets fetched here, on the IO loop, so the hook can
                     # ask for them (a blocking fetch is impossible inside it)
                     source._callback_committed = await source._prefetch_committed(assigned)
@@ -285,9 +289,23 @@ class KafkaSource:
                     source._commit_now(commits)
 
             def on_partitions_assigned(self, assigned):
+                source._note_join(assigned)
                 source._run_callback(source._on_assign, assigned, "on_assign")
 
         return SyncListener()
+
+    def _note_join(self, assigned) -> None:
+        """A join just completed: membership is confirmed (see :meth:`_group_alive`).
+
+        After an outage the partitions stay paused until the metadata is fresh
+        (:meth:`_fetch_only_as_member`): paused here, before the rest of this
+        poll fetches them at positions that may belong to a replaced topic.
+        """
+        heartbeat = getattr(getattr(self._consumer, "_coordinator", None), "heartbeat", None)
+        self._joined_at = getattr(heartbeat, "last_reset", None)
+        if self._unsure_since is not None and assigned:
+            with contextlib.suppress(Exception):
+                self._consumer.pause(*assigned)
 
     def _run_callback(
         self,
@@ -385,6 +403,7 @@ class KafkaSource:
             return []
         max_records = max_records or self.max_poll_records
         try:
+            self._fetch_only_as_member(consumer)
             batches = consumer.poll(
                 timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records
             )
@@ -574,25 +593,72 @@ class KafkaSource:
                 return False
 
     def _group_alive(self) -> bool:
-        """False when a member of the group has lost its coordinator or its heartbeats.
+        """False when this member cannot be sure it is still in the group.
 
         A frozen broker keeps its TCP connections open (the kernel still accepts
         them), so "a connection is up" stays true while nothing is answered.
         What does stop is the group: kafka-python's heartbeat thread forgets the
         coordinator when a request to it times out, and no heartbeat is answered
-        within the session timeout. kafka-python has no public call for this:
-        without these internals, assume alive.
+        within the session timeout. And once the coordinator is found again
+        (after a broker restart, say), membership is only sure again when a
+        heartbeat is answered or the group is joined anew: a restarted broker
+        may have forgotten the group, and the topic with it. kafka-python has
+        no public call for this: without these internals, assume alive.
         """
         if not self.assignment():
             return True  # joining: the "assigned" readiness condition says so
         coordinator = getattr(self._consumer, "_coordinator", None)
         heartbeat = getattr(coordinator, "heartbeat", None)
         try:
-            if coordinator.coordinator_id is None:
+            if coordinator.coordinator_id is None or heartbeat.session_timeout_expired():
                 return False
-            return not heartbeat.session_timeout_expired()
+            # since the heartbeat clock was last reset (a coordinator found, a join):
+            # a heartbeat was answered, or that reset was our own join
+            return heartbeat.last_receive >= heartbeat.last_reset or (
+                heartbeat.last_reset == self._joined_at
+            )
         except Exception:  # another kafka-python layout
             return True
+
+    def _fetch_only_as_member(self, consumer) -> None:
+        """Pause fetching while membership is unsure (see :meth:`_group_alive`), and after
+        it is confirmed again until the metadata (topic ids) has been refreshed.
+
+        A broker restarted without its data answers fetches at the old
+        positions in a new, unrelated log before the group says this member is
+        gone: events there would be read (and learnt) before the daemon can
+        tell, from the topic's new id, that the topic changed. Paused
+        partitions keep their position.
+        """
+        assigned = self.assignment()
+        if not assigned:
+            return
+        kafka = _kafka()
+        paused = consumer.paused()
+        everything = [kafka.TopicPartition(*tp) for tp in assigned]
+        if not self._group_alive():
+            if self._unsure_since is None:
+                self._unsure_since = time.monotonic() * 1000
+                log.info("group membership unsure: fetching paused until it is confirmed")
+            if len(paused) < len(assigned):
+                consumer.pause(*everything)
+            return
+        if self._unsure_since is not None:
+            cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+            refreshed = getattr(cluster, "_last_successful_refresh_ms", None)
+            if refreshed is not None and refreshed <= self._unsure_since:
+                if not self._refresh_requested:  # the topic ids must be the current ones
+                    self._refresh_requested = True
+                    with contextlib.suppress(Exception):
+                        cluster.request_update()
+                if len(paused) < len(assigned):
+                    consumer.pause(*everything)
+                return
+            self._unsure_since = None
+            self._refresh_requested = False
+            log.info("group membership confirmed and metadata refreshed: fetching again")
+        if paused:
+            consumer.resume(*paused)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Leave the group and close (no autocommit; ``on_revoke`` is not called)."""

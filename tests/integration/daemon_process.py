@@ -8,6 +8,7 @@ signals (SIGTERM, SIGKILL).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -81,8 +82,44 @@ def write_config(
     return path, port
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGKILL the daemon if the test process dies, so no daemon outlives a run."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+_STARTED: list[DaemonProcess] = []
+
+
+def kill_leftovers() -> list[int]:
+    """SIGKILL every daemon a test started and left running (a failed test); their pids.
+
+    A leftover daemon keeps retrying its broker's address: once another test's
+    broker gets that port, it joins groups and writes checkpoints there.
+    """
+    killed = []
+    for daemon in _STARTED:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                daemon.process.wait(10)
+            killed.append(daemon.process.pid)
+        daemon._log.close()
+    _STARTED.clear()
+    return killed
+
+
+atexit.register(kill_leftovers)
+
+
 class DaemonProcess:
-    """One ``streamgmm run`` process; its log goes to ``log_path``."""
+    """One ``streamgmm run`` process; its log goes to ``log_path``.
+
+    Killed at the end of the test that started it if it still runs
+    (tests/conftest.py), and with the test process if that dies.
+    """
 
     def __init__(
         self,
@@ -101,7 +138,9 @@ class DaemonProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
+        _STARTED.append(self)
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:

@@ -39,10 +39,16 @@ def wait_for(
     daemon: DaemonProcess | None = None,
     every_s: float = 0.1,
 ) -> object:
-    """Poll ``predicate`` until it is truthy; fail naming ``what`` (and the daemon's log)."""
+    """Poll ``predicate`` until it is truthy; fail naming ``what`` (and the daemon's log).
+
+    A predicate that raises OSError (a daemon not listening yet) counts as false.
+    """
     deadline = time.monotonic() + deadline_s
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except OSError:
+            value = None
         if value:
             return value
         if daemon is not None and daemon.process.poll() is not None:

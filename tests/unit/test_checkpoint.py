@@ -118,6 +118,15 @@ def test_a_temporary_file_left_by_a_crashed_write_is_removed_by_the_next(tmp_pat
     assert sorted(os.listdir(tmp_path)) == [".other.npz.tmp-busy", "state.npz"]
 
 
+def test_a_file_that_cannot_be_read_is_not_called_damaged(tmp_path):
+    """Permissions, a directory, an I/O error: an OSError, never CheckpointCorruptError
+    (which on_corrupt: fresh would answer by replacing the model)."""
+    with pytest.raises(IsADirectoryError):
+        load_state(tmp_path, kind="test")
+    with pytest.raises(NotADirectoryError):
+        load_state(saved(tmp_path) / "inside-a-file.npz", kind="test")
+
+
 def test_no_pickle_is_ever_needed(tmp_path):
     path = saved(tmp_path)
     with np.load(path, allow_pickle=False) as archive:
