@@ -54,6 +54,9 @@ from .checkpoint import load_state, save_state
 from .gmm import Evaluation, OnlineGaussianMixture, RunningGaussian, _check_X
 from .threshold import QuantileThreshold, Threshold
 
+WARMUP_FLAG_AFTER = 50  # warm-up events before the running Gaussian flags anything
+WARMUP_FLAG_PROBABILITY = 1e-6  # chi-square tail beyond which a warm-up event is an outlier
+
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -295,13 +298,19 @@ class Detector:
         X = _check_X(X, self.n_features)
         results = []
         start = 0
-        if not self.is_warmed_up:
-            start = min(len(X), self.warmup - self._warm.count)
-            results.append(self._warmup_batch(X[:start]))
+        while not self.is_warmed_up and start < len(X):
+            # far-out warm-up events are flagged, not counted: take more until it is full
+            stop = start + self.warmup - self._warm.count
+            results.append(self._warmup_batch(X[start:stop]))
+            start = min(stop, len(X))
             if self._warm.count >= self.warmup:
                 self._finish_warmup()
-        if start < len(X):
-            results.append(self._scored_batch(X[start:]))
+        if start < len(X) or not results:
+            results.append(
+                self._scored_batch(X[start:])
+                if self.is_warmed_up
+                else self._warmup_batch(X[start:])
+            )
         result = _concat(results)
         self.n_seen += len(X)
         self.n_outliers += int(result.is_outlier.sum())
@@ -323,17 +332,25 @@ class Detector:
             centred = (X - self._warm.mean) / np.sqrt(self._warm.variance + 1e-12)
         else:
             centred = np.zeros_like(X)
-        self._warm.update(X)
-        self._buffer.append(X.copy())
+        distance_sq = (centred**2).sum(axis=1)
+        threshold, outlier = math.nan, np.zeros(n, dtype=bool)
+        if self._warm.count >= WARMUP_FLAG_AFTER:
+            # far out even for one broad Gaussian of everything seen: an anomaly (flagged,
+            # never learnt) whether or not the mixture exists yet
+            critical = float(stats.chi2.isf(WARMUP_FLAG_PROBABILITY, d))
+            outlier = distance_sq > critical
+            threshold = float(np.max(-log_likelihood + 0.5 * (critical - distance_sq)))
+        self._warm.update(X[~outlier])
+        self._buffer.append(X[~outlier].copy())
         return BatchResult(
             log_likelihood=log_likelihood,
             score=-log_likelihood,
-            threshold=math.nan,
-            is_outlier=np.zeros(n, dtype=bool),
+            threshold=threshold,
+            is_outlier=outlier,
             is_warmup=np.ones(n, dtype=bool),
             component=np.full(n, -1),
             responsibilities=np.empty((n, 0)),
-            mahalanobis=np.sqrt((centred**2).sum(axis=1)),
+            mahalanobis=np.sqrt(distance_sq),
             contributions=centred,
         )
 

@@ -121,6 +121,8 @@ def campaign(tmp_path, broker, unique, kills: list[str], total: int, rate: float
     ends = NumberedStream.end_offsets(sent)
     before_final = checkpoint_offsets(read_checkpoint(checkpoint), topics["events"])
     daemon = DaemonProcess(config, port, tmp_path / "final.log")
+    # up and in the group first: the checkpoint may already hold the end offsets
+    wait_for(lambda: assigned(daemon), 60, "the final run to be assigned partitions", daemon)
     wait_for(
         lambda: checkpoint_offsets(read_checkpoint(checkpoint), topics["events"]) == ends,
         90,

@@ -161,3 +161,16 @@ def test_attack_inside_the_warmup_does_not_hide_later_attacks():
     assert result.is_outlier[-1], "the attack seen in the warm-up went unflagged"
     assert result.score[-1] > result.threshold
     assert result.is_outlier[:-1].mean() < 0.01
+
+
+def test_far_out_events_during_the_warmup_are_flagged_and_not_learnt():
+    rng = np.random.default_rng(11)
+    detector = Detector(warmup=300, random_state=0)
+    first = detector.process(clusters(rng, 100))
+    assert not first.is_outlier.any()
+    result = detector.process(np.concatenate([clusters(rng, 50), [[40.0, -40.0, 40.0]]]))
+    assert result.is_warmup.all() and result.is_outlier.tolist() == [False] * 50 + [True]
+    assert result.score[-1] > result.threshold > result.score[:-1].max()
+    assert detector._warm.count == 150  # the outlier is not part of the warm-up
+    detector.process(clusters(rng, 200))
+    assert detector.is_warmed_up and detector.model.n_seen_ == 350  # 300 + 50 learnt after
