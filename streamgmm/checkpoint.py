@@ -181,6 +181,12 @@ def save_state(
     _remove_leftovers(directory, prefix)
 
 
+def remove_temporary_files(path: str | os.PathLike) -> None:
+    """Delete what writes of ``path`` killed before their rename left (call at start)."""
+    path = os.fspath(path)
+    _remove_leftovers(os.path.dirname(os.path.abspath(path)), _temp_prefix(path))
+
+
 def _temp_prefix(path: str) -> str:
     """Temporary files of ``path`` are ``.<name>.tmp-XXXX`` in its directory."""
     return f".{os.path.basename(path)}.tmp-"

@@ -24,6 +24,7 @@ The daemon computes no Gaussian: that is the detector's job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -42,6 +43,7 @@ from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     load_state,
+    remove_temporary_files,
     save_state,
 )
 from .codec import decode_batch, encode_dead_letter, encode_outlier, encode_score_records
@@ -134,6 +136,8 @@ def restore(config: Config) -> Restored:
     path = config.checkpoint.path
     if path is None:
         return fresh
+    with contextlib.suppress(OSError):  # a write killed before its rename left a temp file
+        remove_temporary_files(path)
     try:
         state = load_state(path, kind=CHECKPOINT_KIND, fingerprint=fingerprint(config))
     except FileNotFoundError:

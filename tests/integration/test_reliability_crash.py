@@ -53,6 +53,14 @@ def assigned(daemon: DaemonProcess) -> bool:
     return bool(json.loads(body).get("conditions", {}).get("assigned"))
 
 
+def warmed_up(daemon: DaemonProcess) -> bool:
+    try:
+        _, body = daemon.get("/readyz")
+    except OSError:
+        return False
+    return bool(json.loads(body).get("conditions", {}).get("warmed_up"))
+
+
 def phase(marker: Path) -> str | None:
     try:
         return marker.read_text().split()[0]
@@ -96,6 +104,15 @@ def campaign(tmp_path, broker, unique, kills: list[str], total: int, rate: float
         launched = time.monotonic()
         wait_for(lambda d=daemon: assigned(d), 30, f"run {n} to be assigned partitions", daemon)
         assigned_after = time.monotonic() - launched
+        if n == 0:
+            # crash safety is the subject, not the warm-up: a brand-new model cannot judge
+            # its first 50 events, and the partition holding every anomaly may be read first
+            wait_for(
+                lambda d=daemon: warmed_up(d) and checkpoint.exists(),
+                60,
+                "the first run to warm up and checkpoint",
+                daemon,
+            )
         if kind == "random":
             time.sleep(rng.uniform(0.1, 2.5))
         else:  # inside the checkpoint: "written" (before the rename) or "renamed" (after it)
