@@ -1,10 +1,23 @@
-"""Shared by every test directory: no daemon process outlives the test that started it."""
+"""Shared by every test directory.
+
+- No daemon process outlives the test that started it.
+- The ``reliability`` marker: the fault-injection tests whose figures feed
+  docs/reliability.md. They run in ``make test`` (not slow) and again, with
+  the slow ones, in ``make soak`` (``-m "slow or reliability"``).
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.integration.daemon_process import kill_leftovers
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "reliability: fault injection whose figures feed docs/reliability.md (make soak)",
+    )
 
 
 @pytest.fixture(autouse=True)

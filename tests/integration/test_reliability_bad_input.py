@@ -36,7 +36,7 @@ from .faults import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 FIELDS = ["a", "b", "c"]
 MAX_MESSAGE_BYTES = 250_000  # the daemon's limit here; the 100k-level events fit under it

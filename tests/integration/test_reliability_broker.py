@@ -32,7 +32,7 @@ from .faults import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 GROUP_CLIENT = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
 #: short producer timeouts, and records held 1 s before they are sent: a pause right

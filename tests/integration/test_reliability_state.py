@@ -43,7 +43,7 @@ from .faults import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from ..figures import record
 from .daemon_process import DaemonProcess, write_config
 from .faults import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 PACKAGE = Path(streamgmm.__file__).resolve().parent
 REPO = PACKAGE.parent
