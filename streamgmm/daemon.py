@@ -42,6 +42,7 @@ from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     load_state,
+    remove_leftovers,
     save_state,
 )
 from .codec import decode_batch, encode_dead_letter, encode_outlier, encode_score_records
@@ -132,6 +133,9 @@ def restore(config: Config) -> Restored:
     path = config.checkpoint.path
     if path is None:
         return fresh
+    leftovers = remove_leftovers(path)
+    if leftovers:
+        log.info("removed temporary files of interrupted checkpoint writes: %s", leftovers)
     try:
         state = load_state(path, kind=CHECKPOINT_KIND, fingerprint=fingerprint(config))
     except FileNotFoundError:
