@@ -304,7 +304,8 @@ class Daemon:
                     self._backoff = 0.0
                 elif self.source.exhausted:
                     break
-                if time.monotonic() - self._last_checkpoint >= self.config.checkpoint.interval_s:
+                due = time.monotonic() - self._last_checkpoint >= self.config.checkpoint.interval_s
+                if due and not self._stop.is_set():  # stopping: the shutdown checkpoint follows
                     self.checkpoint("interval")
                 self._report()
         except FatalError as exc:
@@ -713,13 +714,15 @@ class Daemon:
 
     def _shutdown(self) -> bool:
         self.notifier.stopping()
-        clean = self.checkpoint("shutdown")
+        clean = self.checkpoint("shutdown")  # waits up to FLUSH_TIMEOUT_S for the sink
         if not clean:
             log.warning(
                 "shutting down with records unacknowledged or offsets uncommitted: the "
                 "next start re-reads from the last checkpoint, nothing is lost"
             )
-        self._close()
+        # nothing left to wait for if the sink could not deliver within FLUSH_TIMEOUT_S:
+        # the stop must fit in the service manager's timeout (systemd: 60 s)
+        self._close(FLUSH_TIMEOUT_S if clean else 1.0)
         log.info(
             "stopped",
             extra={
@@ -731,8 +734,8 @@ class Daemon:
         )
         return True
 
-    def _close(self) -> None:
-        for closer in (self.source.close, lambda: self.sink.close(FLUSH_TIMEOUT_S)):
+    def _close(self, sink_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        for closer in (self.source.close, lambda: self.sink.close(sink_timeout_s)):
             try:
                 closer()
             except Exception as exc:
