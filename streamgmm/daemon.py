@@ -13,9 +13,12 @@ guarantees hold:
   learns each event once, outliers are published at least once;
 - on partition assignment each partition is read from the checkpoint's
   offset or the group's committed one, whichever is further; on revocation
-  a checkpoint is taken and the revoked offsets committed first;
+  a checkpoint is taken and the revoked offsets committed first; a topic
+  whose cluster id changed (created again, or brokers restarted without
+  their data) is read from its beginning, its old offsets dropped;
 - SIGTERM/SIGINT: the batch in hand is finished, then flush, checkpoint,
-  commit, leave the group, exit 0;
+  commit, leave the group, exit 0 (under 50 s even when the brokers are
+  unreachable: nothing is waited for twice);
 - a broker that cannot be reached is retried with capped backoff while
   /readyz says why; only configuration errors end the process.
 
