@@ -42,7 +42,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/codec_throughput.py
 
 soak: $(STAMP) system-tools
-	$(PY) -m pytest -m slow tests -s --timeout=7200
+	STREAMGMM_FIGURES=docs/reliability/figures $(PY) -m pytest -m "slow or reliability" tests -s --timeout=7200
+	$(PY) scripts/reliability_report.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

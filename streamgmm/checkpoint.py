@@ -11,7 +11,8 @@ truncated, tampered or mismatched file is refused whole, never loaded half.
 Writes go to a temporary file in the same directory, are fsynced and then
 renamed over the target, so a crash leaves either the old file or the new
 one, never a mixture. The temporary file a crash left behind is deleted by
-the next write of the same target.
+the next write of the same target, and by :func:`remove_leftovers` (the
+daemon calls it when it starts).
 
 Examples
 --------
@@ -178,13 +179,7 @@ def save_state(
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
-    _remove_leftovers(directory, prefix)
-
-
-def remove_temporary_files(path: str | os.PathLike) -> None:
-    """Delete what writes of ``path`` killed before their rename left (call at start)."""
-    path = os.fspath(path)
-    _remove_leftovers(os.path.dirname(os.path.abspath(path)), _temp_prefix(path))
+    remove_leftovers(path)
 
 
 def _temp_prefix(path: str) -> str:
@@ -192,20 +187,28 @@ def _temp_prefix(path: str) -> str:
     return f".{os.path.basename(path)}.tmp-"
 
 
-def _remove_leftovers(directory: str, prefix: str) -> None:
-    """Delete temporary files of earlier writes of the same file that a crash interrupted.
+def remove_leftovers(path: str | os.PathLike) -> list[str]:
+    """Delete the temporary files that interrupted writes of ``path`` left behind.
 
-    A process killed between writing its temporary file and renaming it leaves
-    that file behind; without this, a crash-looping daemon would fill its disk.
+    A process killed between writing its temporary file and renaming it
+    leaves that file behind; without this, a crash-looping daemon would fill
+    its disk. Called after every write, and by the daemon when it starts.
+    Returns the names deleted.
     """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = _temp_prefix(path)
     try:
         names = os.listdir(directory)
     except OSError:
-        return
+        return []
+    removed = []
     for name in names:
         if name.startswith(prefix):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
 
 
 # ---------------------------------------------------------------------------

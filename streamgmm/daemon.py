@@ -13,9 +13,12 @@ guarantees hold:
   learns each event once, outliers are published at least once;
 - on partition assignment each partition is read from the checkpoint's
   offset or the group's committed one, whichever is further; on revocation
-  a checkpoint is taken and the revoked offsets committed first;
+  a checkpoint is taken and the revoked offsets committed first; a topic
+  whose cluster id changed (created again, or brokers restarted without
+  their data) is read from its beginning, its old offsets dropped;
 - SIGTERM/SIGINT: the batch in hand is finished, then flush, checkpoint,
-  commit, leave the group, exit 0;
+  commit, leave the group, exit 0 (under 50 s even when the brokers are
+  unreachable: nothing is waited for twice);
 - a broker that cannot be reached is retried with capped backoff while
   /readyz says why; only configuration errors end the process.
 
@@ -24,7 +27,6 @@ The daemon computes no Gaussian: that is the detector's job.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -43,7 +45,7 @@ from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     load_state,
-    remove_temporary_files,
+    remove_leftovers,
     save_state,
 )
 from .codec import decode_batch, encode_dead_letter, encode_outlier, encode_score_records
@@ -136,8 +138,9 @@ def restore(config: Config) -> Restored:
     path = config.checkpoint.path
     if path is None:
         return fresh
-    with contextlib.suppress(OSError):  # a write killed before its rename left a temp file
-        remove_temporary_files(path)
+    leftovers = remove_leftovers(path)
+    if leftovers:
+        log.info("removed temporary files of interrupted checkpoint writes: %s", leftovers)
     try:
         state = load_state(path, kind=CHECKPOINT_KIND, fingerprint=fingerprint(config))
     except FileNotFoundError:
@@ -321,7 +324,8 @@ class Daemon:
                 elif self.source.exhausted:
                     break
                 processed = time.monotonic()
-                if processed - self._last_checkpoint >= self.config.checkpoint.interval_s:
+                due = processed - self._last_checkpoint >= self.config.checkpoint.interval_s
+                if due and not self._stop.is_set():  # stopping: the shutdown checkpoint follows
                     self.checkpoint("interval")
                 self._report()
                 self._note_slow(began, polled, processed, len(records))
@@ -763,13 +767,15 @@ class Daemon:
 
     def _shutdown(self) -> bool:
         self.notifier.stopping()
-        clean = self.checkpoint("shutdown")
+        clean = self.checkpoint("shutdown")  # waits up to FLUSH_TIMEOUT_S for the sink
         if not clean:
             log.warning(
                 "shutting down with records unacknowledged or offsets uncommitted: the "
                 "next start re-reads from the last checkpoint, nothing is lost"
             )
-        self._close()
+        # nothing left to wait for if the sink could not deliver within FLUSH_TIMEOUT_S:
+        # the stop must fit in the service manager's timeout (systemd: 60 s)
+        self._close(FLUSH_TIMEOUT_S if clean else 1.0)
         log.info(
             "stopped",
             extra={
@@ -781,8 +787,8 @@ class Daemon:
         )
         return True
 
-    def _close(self) -> None:
-        for closer in (self.source.close, lambda: self.sink.close(FLUSH_TIMEOUT_S)):
+    def _close(self, sink_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        for closer in (self.source.close, lambda: self.sink.close(sink_timeout_s)):
             try:
                 closer()
             except Exception as exc:

@@ -4,10 +4,11 @@ A test calls ``record("broker_pause", fault=..., recovery_s=...)`` with what it
 injected and what it measured. The figure is always printed (``pytest -s``
 shows it); when the environment variable ``STREAMGMM_FIGURES`` names a
 directory (``make soak`` sets it to ``docs/reliability/figures``), it is also
-written there as one JSON line of ``<name>.json``. The first figure a test
-session writes under a name replaces that file, the next ones are appended,
-so one run regenerates the file whole. ``scripts/reliability_report.py``
-renders the Markdown report from those files.
+written there as one JSON line of ``<name>.json``. A line replaces the
+lines of earlier runs with the same name and variant (``variant`` or
+``check`` field), so a full run regenerates every file and a partial run
+updates only what it measured. ``scripts/reliability_report.py`` renders the
+Markdown report from those files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import time
 from pathlib import Path
 
 ENV = "STREAMGMM_FIGURES"
-_started: set[str] = set()
+_written: set[tuple] = set()  # (name, variant) written by this test session
+
+
+def _variant(line: dict) -> str:
+    return str(line.get("variant") or line.get("check") or "")
 
 
 def _context() -> dict:
@@ -39,8 +44,16 @@ def record(name: str, **figures) -> dict:
     if directory:
         path = Path(directory) / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        mode = "a" if name in _started else "w"
-        _started.add(name)
-        with open(path, mode, encoding="utf-8") as handle:
-            handle.write(text + "\n")
+        key = (name, _variant(line))
+        kept = []
+        if key not in _written and path.exists():  # drop this variant's earlier runs
+            kept = [
+                old
+                for old in path.read_text(encoding="utf-8").splitlines()
+                if old.strip() and _variant(json.loads(old)) != key[1]
+            ]
+        elif path.exists():
+            kept = [old for old in path.read_text(encoding="utf-8").splitlines() if old.strip()]
+        _written.add(key)
+        path.write_text("".join(f"{old}\n" for old in [*kept, text]), encoding="utf-8")
     return line

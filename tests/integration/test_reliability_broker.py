@@ -508,3 +508,41 @@ def test_broker_restarted_with_its_data_resumes_where_it_was(tmp_path, noida, un
         events=learnt,
         events_learnt=int(state["detector"]["n_seen"]),
     )
+
+
+# ---------------------------------------------------------------------------
+# (c) stopped while the broker is frozen
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_broker_is_frozen_stops_within_the_units_timeout(
+    tmp_path, own_broker, unique
+):
+    """systemd allows 60 s (TimeoutStopSec) before it kills the daemon. With the
+    broker frozen and outliers unacknowledged, the stop must still be clean and in
+    time: nothing can be delivered, the last good checkpoint stands."""
+    broker = own_broker
+    topics = make_topics(broker, unique)
+    rng = np.random.default_rng(13)
+    daemon = start_daemon(tmp_path, broker, topics, unique("g"), "daemon.log")
+    warm_up(broker, daemon, topics, rng)
+    produce_events(broker.bootstrap, topics["events"], stream(rng, 200, 5_000, [1, 2, 3]))
+    wait_for(
+        lambda: daemon.metric("streamgmm_outliers_total") >= 3, 20, "the outliers", daemon, 0.02
+    )
+    broker.pause()
+    try:
+        started = time.monotonic()
+        code = daemon.terminate(timeout_s=120)
+        stopped_after = time.monotonic() - started
+    finally:
+        broker.resume()
+    assert code == 0, daemon.log_tail()
+    assert stopped_after < 55, f"the stop took {stopped_after:.0f} s (systemd allows 60)"
+    record(
+        "broker_frozen_stop",
+        fault="SIGTERM while the broker is frozen with outliers unacknowledged",
+        stopped_after_s=round(stopped_after, 1),
+        exit_code=code,
+        stop_timeout_s=60,
+    )

@@ -158,13 +158,18 @@ def campaign(tmp_path, broker, unique, kills: list[str], total: int, rate: float
     sent = warm + stream.wait(timeout_s=120)
     ends = NumberedStream.end_offsets(sent)
     before_final = checkpoint_offsets(read_checkpoint(checkpoint), topics["events"])
+    left = sum(ends.values()) - sum(before_final.values())  # the final run's share
     daemon = DaemonProcess(config, port, tmp_path / "final.log")
     # up and in the group first: the checkpoint may already hold the end offsets
     wait_for(lambda: assigned(daemon), 60, "the final run to be assigned partitions", daemon)
     wait_for(
-        lambda: checkpoint_offsets(read_checkpoint(checkpoint), topics["events"]) == ends,
+        lambda: (
+            assigned(daemon)
+            and daemon.scored() >= left
+            and checkpoint_offsets(read_checkpoint(checkpoint), topics["events"]) == ends
+        ),
         90,
-        f"the final run to checkpoint the end offsets {ends}",
+        f"the final run to read its {left} events and checkpoint the end offsets {ends}",
         daemon,
         every_s=0.25,
     )
@@ -186,7 +191,7 @@ def campaign(tmp_path, broker, unique, kills: list[str], total: int, rate: float
     assert checkpoint_offsets(final, topics["events"]) == ends
     assert int(final["detector"]["n_seen"]) == len(valid), "the model must learn each event once"
     # -- events_total: the final run counted exactly what it had left; all runs cover all
-    assert final_counted == sum(ends.values()) - sum(before_final.values())
+    assert final_counted == left
     assert warm_counted + sum(r["counted"] for r in runs) + final_counted >= len(sent)
     # -- every valid event scored, every invalid one dead-lettered, every anomaly published
     scores = read_json(broker, topics["scores"], 20)

@@ -10,6 +10,7 @@ from streamgmm.checkpoint import (
     CheckpointMismatchError,
     load_state,
     read_fingerprint,
+    remove_leftovers,
     save_state,
 )
 
@@ -116,6 +117,13 @@ def test_a_temporary_file_left_by_a_crashed_write_is_removed_by_the_next(tmp_pat
     (tmp_path / ".other.npz.tmp-busy").write_bytes(b"another file's write")
     save_state(path, {"n": 1}, kind="test")
     assert sorted(os.listdir(tmp_path)) == [".other.npz.tmp-busy", "state.npz"]
+
+
+def test_leftovers_are_removed_without_a_write(tmp_path):
+    path = saved(tmp_path)
+    (tmp_path / ".state.npz.tmp-crashed").write_bytes(b"half a checkpoint")
+    assert remove_leftovers(path) == [".state.npz.tmp-crashed"]
+    assert sorted(os.listdir(tmp_path)) == ["state.npz"]
 
 
 def test_a_file_that_cannot_be_read_is_not_called_damaged(tmp_path):
