@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,7 @@ from .config import Config
 from .detector import BatchResult, Detector
 from .metrics import Health, Metrics, start_metrics_server
 from .notify import Notifier
-from .sinks import sink_from_config
+from .sinks import SendHandle, sink_from_config
 from .sources import SourceError, TopicPartition, source_from_config
 from .threshold import Threshold, make_threshold
 
@@ -499,7 +500,15 @@ class Daemon:
                 # a lone surrogate (a "\ud800" escape in the event) is no UTF-8: kept escaped
                 else (key.encode("utf-8", "backslashreplace") if key is not None else None)
             )
-            self.sink.send("outliers", message_key, value)
+            handle = self.sink.send("outliers", message_key, value)
+            if (record.timestamp_ms or 0) > 0:  # -1: the producer set no timestamp
+                handle.add_done_callback(partial(self._observe_ack, record.timestamp_ms))
+
+    def _observe_ack(self, timestamp_ms: int, handle: SendHandle) -> None:
+        """Runs in the sink's delivery thread: how late the outlier reached the broker."""
+        if handle.succeeded():
+            delay = max(0.0, time.time() - timestamp_ms / 1000.0)
+            self.metrics.outlier_delay_seconds.observe(delay)
 
     def _send_scores(self, records: list, decoded: Any, result: BatchResult) -> None:
         if "scores" not in self.sink.roles:

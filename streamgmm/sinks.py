@@ -68,11 +68,13 @@ class SendHandle:
     ``metadata`` is ``(partition, offset)`` for Kafka once acknowledged.
     """
 
-    __slots__ = ("_error", "_event", "metadata", "role")
+    __slots__ = ("_callbacks", "_error", "_event", "_lock", "metadata", "role")
 
     def __init__(self, role: str) -> None:
         self.role = role
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[SendHandle], None]] = []
         self._error: BaseException | None = None
         self.metadata: tuple[int, int] | None = None
 
@@ -89,15 +91,42 @@ class SendHandle:
         """Block until done (or ``timeout_s``); True if done."""
         return self._event.wait(timeout_s)
 
+    def add_done_callback(self, callback: Callable[[SendHandle], None]) -> None:
+        """Call ``callback(handle)`` once the outcome is known (at once if it is).
+
+        It runs in the thread that learns the outcome (kafka-python's sender
+        thread for Kafka), so it must be quick and must not call the sink.
+        """
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
     def _resolve(self, metadata: tuple[int, int] | None = None) -> None:
-        if not self._event.is_set():
+        with self._lock:
+            if self._event.is_set():
+                return
             self.metadata = metadata
             self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        self._run(callbacks)
 
     def _fail(self, error: BaseException) -> None:
-        if not self._event.is_set():
+        with self._lock:
+            if self._event.is_set():
+                return
             self._error = error
             self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        self._run(callbacks)
+
+    def _run(self, callbacks: list[Callable[[SendHandle], None]]) -> None:
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:  # a report must not break the sender thread
+                log.exception("a send callback failed (a bug: please report it)")
 
     def __repr__(self) -> str:
         state = "pending" if not self.done() else ("ok" if self.succeeded() else "failed")

@@ -79,6 +79,12 @@ def test_daemon_publishes_anomalies_and_dead_letters(
     outliers = outlier_records(read_all, topics["outliers"], flagged, deadline_s=20)
     assert len(outliers) == flagged
     assert injected_ids(outliers) == [a["id"] for a in anomalies]
+    # every acknowledged outlier's delay is observed (all were read back: all acknowledged)
+    daemon.wait_until(
+        lambda: daemon.metric("streamgmm_outlier_delay_seconds_count") == flagged,
+        what="every outlier's acknowledgement delay observed",
+    )
+    assert daemon.metric("streamgmm_outlier_delay_seconds_sum") > 0
     record = next(r for r in outliers if r["event"].get("injected"))
     assert list(record) == list(OUTLIER_FIELDS)
     assert record["key"] == "bad" and record["score"] > record["threshold"]

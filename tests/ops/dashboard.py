@@ -42,7 +42,11 @@ _COUNTERS = [
     "checkpoint_failures",
     "producer_rebuilds",
 ]
-_HISTOGRAMS = ["log_likelihood", "batch_duration_seconds", "event_delay_seconds"]
+_HISTOGRAMS = [
+    "log_likelihood",
+    "batch_duration_seconds",
+    "event_delay_seconds",
+]
 _GAUGES = [
     "threshold",
     "consumer_lag",
@@ -61,8 +65,15 @@ DESIGN_METRICS = frozenset(
     + [f"streamgmm_{name}" for name in _GAUGES]
 )
 # Exported by streamgmm.metrics beyond DESIGN.md's list (readiness as a gauge, broker
-# errors by operation); the dashboard and alerts use them, DESIGN.md should list them.
-EXTRA_METRICS = frozenset({"streamgmm_ready", "streamgmm_broker_errors_total"})
+# errors by operation, outlier acknowledgement delay); the dashboard and alerts use
+# them, DESIGN.md should list them.
+EXTRA_METRICS = frozenset(
+    {
+        "streamgmm_ready",
+        "streamgmm_broker_errors_total",
+        *(f"streamgmm_outlier_delay_seconds{s}" for s in ("_bucket", "_sum", "_count")),
+    }
+)
 
 # Grafana's variables, replaced by values that keep the expression's meaning
 # for a syntax check: ranges by durations, label variables by match-anything.

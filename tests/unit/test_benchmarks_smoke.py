@@ -28,6 +28,7 @@ speed = _load("speed")
 detection = _load("detection")
 drift = _load("drift")
 run_all = _load("run_all")
+end_to_end = _load("end_to_end")
 
 
 def test_online_one_pass_matches_batch_em_on_an_easy_mixture():
@@ -146,3 +147,12 @@ def test_synthetic_mixtures_have_the_requested_shape(spread):
     assert np.isclose(mixture.weights.sum(), 1.0)
     assert np.all(np.linalg.eigvalsh(mixture.covariances) > 0)
     assert np.isfinite(mixture.log_likelihood(X)).all()
+
+
+def test_delay_quantiles_interpolate_within_buckets_as_prometheus_does():
+    buckets = np.array([[0.01, 10.0], [0.05, 60.0], [0.1, 100.0], [np.inf, 100.0]])
+    assert end_to_end.histogram_quantile(0.5, buckets) == pytest.approx(0.042)
+    assert end_to_end.histogram_quantile(0.99, buckets) == pytest.approx(0.09875)
+    assert end_to_end.histogram_quantile(0.05, buckets) == pytest.approx(0.005)
+    beyond = np.array([[0.1, 90.0], [np.inf, 100.0]])  # the last finite bound, as Prometheus
+    assert end_to_end.histogram_quantile(0.99, beyond) == 0.1

@@ -47,6 +47,7 @@ CONTRACT = {
     "streamgmm_producer_rebuilds_total": "counter",
     "streamgmm_broker_errors_total": "counter",
     "streamgmm_ready": "gauge",
+    "streamgmm_outlier_delay_seconds": "histogram",
 }
 
 

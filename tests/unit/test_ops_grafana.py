@@ -142,6 +142,7 @@ def test_every_metric_is_one_the_daemon_exports():
         ("batch p50", r"histogram_quantile\(0\.5, .*streamgmm_batch_duration_seconds_bucket"),
         ("batch p99", r"histogram_quantile\(0\.99, .*streamgmm_batch_duration_seconds_bucket"),
         ("event delay p99", r"histogram_quantile\(0\.99, .*streamgmm_event_delay_seconds_bucket"),
+        ("outlier ack p99", r"histogram_quantile\(0\.99, .*streamgmm_outlier_delay_seconds_bucket"),
         ("component weights", r"^streamgmm_component_weight\{"),
         ("model components", r"^streamgmm_model_components\{"),
         ("re-seeds", r"streamgmm_component_reseeds_total"),

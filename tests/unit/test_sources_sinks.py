@@ -17,7 +17,7 @@ from typing import ClassVar
 import pytest
 
 from streamgmm.config import parse_config
-from streamgmm.sinks import FileSink, KafkaSink, SinkError, sink_from_config
+from streamgmm.sinks import FileSink, KafkaSink, SendHandle, SinkError, sink_from_config
 from streamgmm.sources import FileSource, Source, SourceError, TopicPartition, source_from_config
 
 # ---------------------------------------------------------------------------
@@ -204,6 +204,41 @@ def test_sink_from_config_file(tmp_path):
     sink = sink_from_config(cfg)
     assert isinstance(sink, FileSink) and sink.roles == {"outliers", "dead_letter"}
     sink.close()
+
+
+# ---------------------------------------------------------------------------
+# SendHandle callbacks
+
+
+def test_done_callbacks_run_once_when_the_outcome_is_known():
+    handle, seen = SendHandle("outliers"), []
+    handle.add_done_callback(lambda h: seen.append(("first", h.succeeded())))
+    assert seen == []
+    handle._resolve((0, 7))
+    handle._resolve((0, 8))  # a duplicate report changes nothing
+    handle.add_done_callback(lambda h: seen.append(("late", h.metadata)))  # runs at once
+    assert seen == [("first", True), ("late", (0, 7))]
+
+
+def test_done_callbacks_see_a_failure_and_a_raising_one_does_not_stop_the_others(caplog):
+    handle, seen = SendHandle("outliers"), []
+    handle.add_done_callback(lambda h: 1 / 0)
+    handle.add_done_callback(lambda h: seen.append(type(h.exception()).__name__))
+    handle._fail(TimeoutError("no broker"))
+    assert seen == ["TimeoutError"]
+    assert "a send callback failed" in caplog.text
+
+
+def test_the_kafka_sink_runs_callbacks_on_acknowledgement(scripted):
+    scripted.silent_first = False
+    sink = KafkaSink(["x:1"], {"outliers": "o"}, producer_factory=scripted)
+    try:
+        acked = threading.Event()
+        handle = sink.send("outliers", None, b"v")
+        handle.add_done_callback(lambda h: acked.set() if h.succeeded() else None)
+        assert acked.wait(5) and handle.metadata == (0, 0)
+    finally:
+        sink.close()
 
 
 # ---------------------------------------------------------------------------
