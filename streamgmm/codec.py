@@ -707,22 +707,25 @@ def encode_score_record(
     responsibilities: Sequence[float] | np.ndarray,
     model_events_seen: int,
 ) -> bytes:
-    """One score record (every event's view) as JSON bytes (fields: :data:`SCORE_FIELDS`)."""
-    values = (
-        topic,
-        _int(partition),
-        _int(offset),
-        _int(timestamp_ms),
-        key,
-        _float(log_likelihood),
-        _float(score),
-        _float(threshold),
-        bool(outlier),
-        _int(component),
-        _floats(responsibilities),
-        _int(model_events_seen),
+    """One score record (every event's view) as JSON bytes (fields: :data:`SCORE_FIELDS`).
+
+    The one-row case of :func:`encode_score_records`, which alone spells the layout.
+    """
+    (record,) = encode_score_records(
+        topics=[topic],
+        partitions=[partition],
+        offsets=[offset],
+        timestamps_ms=[timestamp_ms],
+        keys=[key],
+        log_likelihood=[log_likelihood],
+        score=[score],
+        threshold=threshold,
+        outlier=[outlier],
+        component=[component],
+        responsibilities=[responsibilities],
+        model_events_seen=model_events_seen,
     )
-    return _dumps(dict(zip(SCORE_FIELDS, values, strict=True)))
+    return record
 
 
 def encode_score_records(
@@ -732,22 +735,22 @@ def encode_score_records(
     offsets: Sequence[int],
     timestamps_ms: Sequence[int | None],
     keys: Sequence[str | None],
-    log_likelihood: np.ndarray,
-    score: np.ndarray,
+    log_likelihood: Sequence[float] | np.ndarray,
+    score: Sequence[float] | np.ndarray,
     threshold: float,
-    outlier: np.ndarray,
-    component: np.ndarray,
-    responsibilities: np.ndarray,
+    outlier: Sequence[bool] | np.ndarray,
+    component: Sequence[int] | np.ndarray,
+    responsibilities: Sequence[Sequence[float]] | np.ndarray,
     model_events_seen: int,
 ) -> list[bytes]:
     """Score records for a whole batch; the vectorised form of :func:`encode_score_record`.
 
     Parameters
     ----------
-    log_likelihood, score : ndarray of shape (n,)
-    outlier : ndarray of shape (n,), bool
-    component : ndarray of shape (n,), int
-    responsibilities : ndarray of shape (n, n_components)
+    log_likelihood, score : array-like of shape (n,)
+    outlier : array-like of shape (n,), bool
+    component : array-like of shape (n,), int
+    responsibilities : array-like of shape (n, n_components)
     """
     ll = _floats(log_likelihood)
     sc = _floats(score)

@@ -6,17 +6,24 @@ explicitly (it would auto-create unknown ones with 4 partitions), every test
 uses its own topics and group ids (a group whose first join was interrupted
 can stay stuck), and consumers use a short session timeout (joins take about
 half of it).
+
+``events_and_config`` prepares what a daemon test starts from: its topics,
+events with injected anomalies waiting in them, and its config file.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from streamgmm.embedded import BrokerError, EmbeddedBroker
+
+from .daemon_process import encode, events_with_anomalies, write_config
 
 
 @pytest.fixture(scope="session")
@@ -126,3 +133,50 @@ def read_all(broker):
     return lambda topic, expected=None, deadline_s=20.0: _read_all(
         broker, topic, expected, deadline_s
     )
+
+
+@dataclass(frozen=True)
+class EventsAndConfig:
+    """What a daemon test starts from: topics with events waiting, and a config.
+
+    Attributes
+    ----------
+    topics : dict
+        Topic names by role: ``events``, ``outliers``, ``dead``.
+    injected : list of dict
+        The injected anomalies.
+    produced : int
+        Messages on the events topic: the events, then the extra raw values.
+    config : Path
+        The daemon's YAML file.
+    port : int
+        Where the daemon will serve /metrics.
+    """
+
+    topics: dict[str, str]
+    injected: list[dict]
+    produced: int
+    config: Path
+    port: int
+
+
+@pytest.fixture
+def events_and_config(tmp_path, broker, unique, produce):
+    """``events_and_config(seed, n, anomalies_at, extra=())`` -> EventsAndConfig, once a test.
+
+    Creates one-partition topics, produces ``n`` normal events with an anomaly
+    at each index of ``anomalies_at`` and then the raw ``extra`` values, and
+    writes the config (tmp_path/streamgmm.yaml) of a daemon that reads them.
+    """
+
+    def make(
+        seed: int, n: int, anomalies_at: Sequence[int], extra: Sequence[bytes] = ()
+    ) -> EventsAndConfig:
+        topics = {role: unique(role) for role in ("events", "outliers", "dead")}
+        broker.create_topics(list(topics.values()), partitions=1)
+        events, injected = events_with_anomalies(seed, n, anomalies_at)
+        produce(topics["events"], [*encode(events), *extra])
+        config, port = write_config(tmp_path, broker.bootstrap, topics, unique("g"))
+        return EventsAndConfig(topics, injected, len(events) + len(extra), config, port)
+
+    return make

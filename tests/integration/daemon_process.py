@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,17 @@ def normal_events(rng: np.random.Generator, n: int, start_id: int = 0) -> list[d
 
 def anomaly(event_id: int) -> dict:
     return {"id": event_id, "host": "bad", "a": 40.0, "b": -40.0, "c": 40.0, "injected": True}
+
+
+def events_with_anomalies(
+    seed: int, n: int, anomalies_at: Sequence[int]
+) -> tuple[list[dict], list[dict]]:
+    """``n`` normal events with an anomaly at each index of ``anomalies_at``; and the anomalies."""
+    events = normal_events(np.random.default_rng(seed), n)
+    injected = [anomaly(100_000 + k) for k in range(len(anomalies_at))]
+    for at, event in zip(anomalies_at, injected, strict=True):
+        events.insert(at, event)
+    return events, injected
 
 
 def encode(events: list[dict]) -> list[bytes]:

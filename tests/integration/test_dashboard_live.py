@@ -21,14 +21,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ops import dashboard as dash
 
-from .daemon_process import DaemonProcess, anomaly, encode, normal_events, write_config
+from .daemon_process import DaemonProcess
 
 pytestmark = pytest.mark.integration
 
@@ -88,21 +87,13 @@ def problems(expr: str, series: dict[str, list[dict[str, str]]]) -> list[str]:
     return found
 
 
-def test_dashboard_and_alerts_read_only_series_a_busy_daemon_exports(
-    tmp_path, broker, unique, produce
-):
-    topics = {"events": unique("events"), "outliers": unique("outliers"), "dead": unique("dead")}
-    broker.create_topics(list(topics.values()), partitions=1)
-    events = normal_events(np.random.default_rng(5), 1000)
-    injected = [anomaly(80_000 + i) for i in range(4)]
-    for i, a in enumerate(injected):
-        events.insert(600 + 80 * i, a)
-    produce(topics["events"], [*encode(events), b"{not json"])
-
-    config, port = write_config(tmp_path, broker.bootstrap, topics, unique("g"))
-    daemon = DaemonProcess(config, port, tmp_path / "daemon.log")
+def test_dashboard_and_alerts_read_only_series_a_busy_daemon_exports(tmp_path, events_and_config):
+    prepared = events_and_config(
+        seed=5, n=1000, anomalies_at=(600, 680, 760, 840), extra=[b"{not json"]
+    )
+    daemon = DaemonProcess(prepared.config, prepared.port, tmp_path / "daemon.log")
     try:
-        daemon.wait_until(lambda: daemon.scored() >= len(events) + 1, what="every event counted")
+        daemon.wait_until(lambda: daemon.scored() >= prepared.produced, what="every event counted")
         daemon.wait_until(
             lambda: daemon.metric("streamgmm_checkpoint_timestamp_seconds") > 0,
             what="a checkpoint written",
@@ -128,11 +119,12 @@ def test_dashboard_and_alerts_read_only_series_a_busy_daemon_exports(
 
     assert value("streamgmm_events_total", status="warmup") > 0
     assert value("streamgmm_events_total", status="scored") > 0
-    assert value("streamgmm_outliers_total") >= len(injected)
+    assert value("streamgmm_outliers_total") >= len(prepared.injected)
     assert value("streamgmm_dead_letters_total", reason="not_json") == 1
     assert value("streamgmm_ready") == 1
     assert len(series["streamgmm_component_weight"]) == value("streamgmm_model_components") > 0
-    assert {"topic": topics["events"], "partition": "0"} in series["streamgmm_consumer_lag"]
+    lag_series = series["streamgmm_consumer_lag"]
+    assert {"topic": prepared.topics["events"], "partition": "0"} in lag_series
 
     # every name the dashboard reads, histograms complete
     needed = dash.dashboard_metric_names()

@@ -30,13 +30,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from tests.ops import dashboard as dash
 
-from .daemon_process import DaemonProcess, anomaly, encode, free_port, normal_events, write_config
+from .daemon_process import DaemonProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -165,17 +164,10 @@ def prometheus_binary() -> str:
 
 
 def test_prometheus_scrapes_the_daemon_and_loads_the_alert_rules(
-    tmp_path, broker, unique, produce, prometheus_binary
+    tmp_path, events_and_config, prometheus_binary
 ):
-    topics = {"events": unique("events"), "outliers": unique("outliers"), "dead": unique("dead")}
-    broker.create_topics(list(topics.values()), partitions=1)
-    events = normal_events(np.random.default_rng(11), 1500)
-    injected = [anomaly(70_000 + i) for i in range(5)]
-    for i, a in enumerate(injected):
-        events.insert(700 + 100 * i, a)
-    produce(topics["events"], encode(events))
-
-    config, port = write_config(tmp_path, broker.bootstrap, topics, unique("g"))
+    prepared = events_and_config(seed=11, n=1500, anomalies_at=(700, 800, 900, 1000, 1100))
+    port = prepared.port
     prometheus_yml = deployed_config(tmp_path, f"127.0.0.1:{port}")
     promtool = Path(prometheus_binary).with_name("promtool")
     check = subprocess.run(
@@ -185,12 +177,12 @@ def test_prometheus_scrapes_the_daemon_and_loads_the_alert_rules(
     shipped = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
     assert f"SUCCESS: {len(shipped)} rules found" in check.stdout, check.stdout  # read them
 
-    daemon = DaemonProcess(config, port, tmp_path / "daemon.log")
+    daemon = DaemonProcess(prepared.config, port, tmp_path / "daemon.log")
     prometheus = PrometheusServer(prometheus_binary, tmp_path, prometheus_yml)
     try:
-        daemon.wait_until(lambda: daemon.scored() >= len(events), what="every event scored")
+        daemon.wait_until(lambda: daemon.scored() >= prepared.produced, what="every event scored")
         outliers = daemon.metric("streamgmm_outliers_total")
-        assert outliers >= len(injected)
+        assert outliers >= len(prepared.injected)
 
         prometheus.wait_until(prometheus.ready, deadline_s=30, what="prometheus ready")
 

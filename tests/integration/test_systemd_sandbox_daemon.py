@@ -24,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.ops import sandbox
 
-from .daemon_process import DaemonProcess, anomaly, encode, normal_events, write_config
+from .daemon_process import DaemonProcess
 
 pytestmark = pytest.mark.integration
 
@@ -60,28 +59,20 @@ def proc_status(pid: int) -> dict[str, str]:
 
 
 def test_daemon_scores_and_stops_cleanly_under_the_units_seccomp_filters(
-    tmp_path, broker, unique, produce, read_all
+    tmp_path, events_and_config, read_all
 ):
     reason = sandbox.available()
     if reason:
         pytest.skip(f"cannot emulate the unit's seccomp filters: {reason}")
-    topics = {"events": unique("events"), "outliers": unique("outliers"), "dead": unique("dead")}
-    broker.create_topics(list(topics.values()), partitions=1)
-    events = normal_events(np.random.default_rng(9), 1200)
-    injected = [anomaly(90_000 + i) for i in range(4)]
-    for i, a in enumerate(injected):
-        events.insert(700 + 100 * i, a)
-    produce(topics["events"], encode(events))
-
-    config, port = write_config(tmp_path, broker.bootstrap, topics, unique("g"))
+    prepared = events_and_config(seed=9, n=1200, anomalies_at=(700, 800, 900, 1000))
     notify_dir = tempfile.mkdtemp(prefix="sgmm-", dir="/tmp")  # AF_UNIX paths: 108 bytes
     notify_path = os.path.join(notify_dir, "notify")
     manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     manager.bind(notify_path)
     manager.settimeout(0.2)
     daemon = SandboxedDaemon(
-        config,
-        port,
+        prepared.config,
+        prepared.port,
         tmp_path / "daemon.log",
         {"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "30000000"},
     )
@@ -100,10 +91,11 @@ def test_daemon_scores_and_stops_cleanly_under_the_units_seccomp_filters(
         assert int(status.get("Seccomp_filters", "3")) >= 3
         assert status["NoNewPrivs"].strip() == "1"
 
-        daemon.wait_until(lambda: daemon.scored() >= len(events), what="every event scored")
-        outliers = [json.loads(r.value) for r in read_all(topics["outliers"], deadline_s=5)]
+        daemon.wait_until(lambda: daemon.scored() >= prepared.produced, what="every event scored")
+        records = read_all(prepared.topics["outliers"], deadline_s=5)
+        outliers = [json.loads(r.value) for r in records]
         found = sorted(r["event"]["id"] for r in outliers if r["event"].get("injected"))
-        assert found == [a["id"] for a in injected], daemon.log_tail()
+        assert found == [a["id"] for a in prepared.injected], daemon.log_tail()
         code = daemon.terminate()
     finally:
         manager.close()

@@ -452,3 +452,58 @@ def test_score_record_fields_and_batch_form_agree():
     assert second["log_likelihood"] is None and second["outlier"] is True
     assert second["responsibilities"] == [None, 1.0]
     assert all(math.isfinite(v) for v in json.loads(batch[0])["responsibilities"])
+
+
+SCORE_ROWS = [
+    dict(
+        key="k",
+        timestamp_ms=9,
+        log_likelihood=-2.5,
+        score=2.5,
+        outlier=False,
+        component=np.int64(0),
+        responsibilities=np.array([1.0, 0.0]),
+    ),
+    dict(
+        key=None,
+        timestamp_ms=None,
+        log_likelihood=-np.inf,
+        score=np.inf,
+        outlier=True,
+        component=1,
+        responsibilities=np.array([np.nan, 1.0]),
+    ),
+    dict(
+        key="café",
+        timestamp_ms=0,
+        log_likelihood=np.nan,
+        score=np.float32(3.25),
+        outlier=np.True_,
+        component=np.int32(1),
+        responsibilities=[np.inf, -np.inf],
+    ),
+]
+
+
+@pytest.mark.parametrize("threshold", [10.0, float("nan")])
+def test_score_record_is_the_batch_forms_row_to_the_byte(threshold):
+    batch = encode_score_records(
+        topics=["t"] * len(SCORE_ROWS),
+        partitions=[0, 1, 2],
+        offsets=[3, 4, 5],
+        timestamps_ms=[row["timestamp_ms"] for row in SCORE_ROWS],
+        keys=[row["key"] for row in SCORE_ROWS],
+        log_likelihood=np.array([row["log_likelihood"] for row in SCORE_ROWS]),
+        score=np.array([row["score"] for row in SCORE_ROWS]),
+        threshold=threshold,
+        outlier=np.array([row["outlier"] for row in SCORE_ROWS]),
+        component=np.array([row["component"] for row in SCORE_ROWS]),
+        responsibilities=np.array([row["responsibilities"] for row in SCORE_ROWS]),
+        model_events_seen=7,
+    )
+    for i, row in enumerate(SCORE_ROWS):
+        single = encode_score_record(
+            topic="t", partition=i, offset=3 + i, threshold=threshold, model_events_seen=7, **row
+        )
+        assert single == batch[i]
+        assert b"NaN" not in single and b"Infinity" not in single
