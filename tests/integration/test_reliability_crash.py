@@ -97,8 +97,8 @@ def campaign(tmp_path, broker, unique, kills: list[str], total: int, rate: float
     started = time.monotonic()
 
     # an established daemon: its warm-up done and checkpointed before the crashes begin
-    # (identical anomalies inside a warm-up can be fitted a component of their own, and
-    # which events fill it depends on the order the partitions are read in)
+    # (anomalies among a fresh model's first 50 events pass unjudged, and which events
+    # come first depends on the order the partitions are read in)
     warm_events = normal_events(np.random.default_rng(seed), 1000, start_id=WARM_IDS)
     coords = produce_events(broker.bootstrap, topics["events"], warm_events)
     warm = [Sent(e["id"], "normal", p, o) for e, (p, o) in zip(warm_events, coords, strict=True)]

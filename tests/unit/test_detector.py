@@ -174,3 +174,39 @@ def test_far_out_events_during_the_warmup_are_flagged_and_not_learnt():
     assert detector._warm.count == 150  # the outlier is not part of the warm-up
     detector.process(clusters(rng, 200))
     assert detector.is_warmed_up and detector.model.n_seen_ == 350  # 300 + 50 learnt after
+
+
+@pytest.mark.parametrize("n_attacks", [1, 3])
+def test_anomalies_among_the_first_events_win_no_component(n_attacks):
+    # the first 50 events come before anything can judge them: they are learnt
+    attack = np.array([40.0, -40.0] * 4)
+    positions = [3, 17, 31][:n_attacks]
+
+    def run(**kwargs):
+        rng = np.random.default_rng(12)
+        first = clusters(rng, 300, d=8)
+        first[positions] = attack
+        detector = Detector(warmup=300, random_state=0, **kwargs)
+        result = detector.process(first)
+        assert not result.is_outlier[positions].any()
+        later = detector.process(np.concatenate([clusters(rng, 2000, d=8), [attack]]))
+        return detector, later
+
+    unguarded, later = run(min_component_share=0.0)
+    assert unguarded.model.weights_.min() < 0.01 and not later.is_outlier[-1], (
+        "the case this guards against: the attack's own component makes it look normal"
+    )
+    detector, later = run()
+    assert detector.n_warmup_dropped == n_attacks
+    assert detector.model.weights_.min() >= 0.01
+    assert later.is_outlier[-1] and later.score[-1] > later.threshold
+    assert later.is_outlier[:-1].mean() < 0.01
+
+
+def test_min_component_share_survives_a_checkpoint(tmp_path):
+    detector = Detector(warmup=300, random_state=0, min_component_share=0.03)
+    detector.process(clusters(np.random.default_rng(13), 400))
+    detector.save(tmp_path / "d.npz")
+    restored = Detector.load(tmp_path / "d.npz")
+    assert restored.min_component_share == 0.03
+    assert restored.n_warmup_dropped == detector.n_warmup_dropped
