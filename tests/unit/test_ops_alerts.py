@@ -26,6 +26,7 @@ EXPECTED = [
     "StreamgmmDeadLettersRising",
     "StreamgmmNotReady",
     "StreamgmmProducerRebuilds",
+    "StreamgmmOutliersLate",
 ]
 
 
