@@ -114,7 +114,7 @@ def fingerprint(config: Config) -> dict[str, Any]:
 class Restored:
     detector: Detector
     offsets: dict[TopicPartition, int]
-    fresh_reason: str | None = None
+    rejected: str | None = None  # "corrupt" or "mismatch": the checkpoint gave way
     topic_ids: dict[str, str] = field(default_factory=dict)
 
 
@@ -148,9 +148,9 @@ def restore(config: Config) -> Restored:
         log.info("no checkpoint at %s: starting a new model", path)
         return fresh
     except CheckpointMismatchError as exc:
-        return _refuse_or_fresh(path, config.checkpoint.on_mismatch, "on_mismatch", exc, fresh)
+        return _refuse_or_fresh(path, config.checkpoint.on_mismatch, "mismatch", exc, fresh)
     except CheckpointCorruptError as exc:
-        return _refuse_or_fresh(path, config.checkpoint.on_corrupt, "on_corrupt", exc, fresh)
+        return _refuse_or_fresh(path, config.checkpoint.on_corrupt, "corrupt", exc, fresh)
     except OSError as exc:
         raise FatalError(
             f"checkpoint.path: cannot read {path}: {exc.strerror or exc}; fix the path or "
@@ -179,8 +179,9 @@ def restore(config: Config) -> Restored:
 
 
 def _refuse_or_fresh(
-    path: str, policy: str, key: str, exc: CheckpointError, fresh: Restored
+    path: str, policy: str, reason: str, exc: CheckpointError, fresh: Restored
 ) -> Restored:
+    key = f"on_{reason}"
     if policy == "refuse":
         way_out = f"checkpoint.{key}: fresh"
         hint = "" if way_out in str(exc) else f"; or set {way_out} to start a new model"
@@ -198,7 +199,7 @@ def _refuse_or_fresh(
         kept,
         key,
     )
-    fresh.fresh_reason = str(exc)
+    fresh.rejected = reason
     return fresh
 
 
@@ -248,6 +249,8 @@ class Daemon:
         self._tick_s = min(POLL_TIMEOUT_S, self._block_s or POLL_TIMEOUT_S)
         self.on_batch = on_batch
         restored = restore(config)
+        if restored.rejected is not None:
+            self.metrics.checkpoint_rejected.labels(reason=restored.rejected).set(1)
         self.detector = restored.detector
         self._offsets = dict(restored.offsets)
         self._topic_ids = dict(restored.topic_ids)  # the topics the offsets were read in

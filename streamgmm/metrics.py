@@ -95,6 +95,9 @@ OUTLIER_DELAY_BUCKETS = (
 #: Values of ``broker_errors_total{operation}``, created at zero so rates exist.
 BROKER_OPERATIONS = ("connect", "poll", "commit", "send", "flush", "lag")
 
+#: Values of ``checkpoint_rejected{reason}``: why a checkpoint gave way to a fresh model.
+CHECKPOINT_REJECTIONS = ("corrupt", "mismatch")
+
 #: Readiness conditions, all required for /readyz to answer 200.
 READINESS_CONDITIONS = ("connected", "assigned", "warmed_up")
 
@@ -245,6 +248,12 @@ class Metrics:
             p + "checkpoint_timestamp_seconds", "Unix time of the last successful checkpoint.",
             registry=r,
         )  # fmt: skip
+        self.checkpoint_rejected = Gauge(
+            p + "checkpoint_rejected", "1 when this process found its checkpoint damaged "
+            "(corrupt) or made for another configuration (mismatch) and started a fresh "
+            "model, as checkpoint.on_corrupt / on_mismatch: fresh allow.", ["reason"],
+            registry=r,
+        )  # fmt: skip
         self.checkpoint_failures_total = Counter(
             p + "checkpoint_failures", "Checkpoints that could not be written.", registry=r
         )
@@ -272,6 +281,8 @@ class Metrics:
             self.dead_letters_total.labels(reason=reason)
         for operation in BROKER_OPERATIONS:
             self.broker_errors_total.labels(operation=operation)
+        for reason in CHECKPOINT_REJECTIONS:
+            self.checkpoint_rejected.labels(reason=reason).set(0)
         self._lag_labels: set[tuple[str, str]] = set()
         self._component_labels: set[str] = set()
         self._lock = threading.Lock()

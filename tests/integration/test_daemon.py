@@ -85,6 +85,7 @@ def test_daemon_publishes_anomalies_and_dead_letters(
         what="every outlier's acknowledgement delay observed",
     )
     assert daemon.metric("streamgmm_outlier_delay_seconds_sum") > 0
+    assert daemon.metric("streamgmm_checkpoint_rejected", 'reason="corrupt"') == 0
     record = next(r for r in outliers if r["event"].get("injected"))
     assert list(record) == list(OUTLIER_FIELDS)
     assert record["key"] == "bad" and record["score"] > record["threshold"]

@@ -339,6 +339,8 @@ def test_damaged_checkpoint_with_on_corrupt_fresh_starts_a_new_model_loudly(
     daemon = DaemonProcess(config, port, tmp_path / "daemon.log")
     wait_for(lambda: daemon.get("/healthz")[0] == 200, 20, "the daemon to start", daemon)
     wait_for(lambda: fingerprint_of(path).get("n_components") == 2, 20, "a new checkpoint", daemon)
+    assert daemon.metric("streamgmm_checkpoint_rejected", 'reason="corrupt"') == 1
+    assert daemon.metric("streamgmm_checkpoint_rejected", 'reason="mismatch"') == 0
     assert daemon.terminate() == 0, daemon.log_tail()
     loud = [r for r in daemon.log_records() if "STARTING A FRESH MODEL" in r.get("message", "")]
     assert loud and loud[0]["level"] == "error", daemon.log_tail()
@@ -382,6 +384,7 @@ def test_incompatible_configuration_with_on_mismatch_fresh_starts_over(tmp_path,
     daemon = DaemonProcess(config, port, tmp_path / "daemon.log")
     wait_for(lambda: daemon.get("/healthz")[0] == 200, 20, "the daemon to start", daemon)
     wait_for(lambda: fingerprint_of(path).get("n_components") == 3, 20, "a new checkpoint", daemon)
+    assert daemon.metric("streamgmm_checkpoint_rejected", 'reason="mismatch"') == 1
     assert daemon.terminate() == 0, daemon.log_tail()
     loud = [r for r in daemon.log_records() if "STARTING A FRESH MODEL" in r.get("message", "")]
     assert loud and "n_components: file 2 vs config 3" in loud[0]["message"]

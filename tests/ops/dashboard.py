@@ -71,6 +71,7 @@ EXTRA_METRICS = frozenset(
     {
         "streamgmm_ready",
         "streamgmm_broker_errors_total",
+        "streamgmm_checkpoint_rejected",
         *(f"streamgmm_outlier_delay_seconds{s}" for s in ("", "_bucket", "_sum", "_count")),
     }
 )

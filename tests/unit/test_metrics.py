@@ -48,6 +48,7 @@ CONTRACT = {
     "streamgmm_broker_errors_total": "counter",
     "streamgmm_ready": "gauge",
     "streamgmm_outlier_delay_seconds": "histogram",
+    "streamgmm_checkpoint_rejected": "gauge",
 }
 
 
