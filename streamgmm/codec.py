@@ -65,6 +65,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -404,6 +405,9 @@ def _decode_one(raw: Any, max_bytes: int) -> Any:
     return obj
 
 
+_NUMBER_TYPES = frozenset((float, int))  # exactly: bool is an int subclass, not a number here
+
+
 def decode_batch(
     values: Sequence[bytes | None],
     fields: Sequence[str],
@@ -435,7 +439,9 @@ def decode_batch(
     names = list(fields)
     paths = [tuple(name.split(".")) for name in names]
     flat = all(len(p) == 1 for p in paths)
+    pick = itemgetter(*names) if len(names) > 1 else (lambda obj: [obj[n] for n in names])
     key_path = tuple(key_field.split(".")) if key_field else None
+    flat_key = key_field if key_path is not None and len(key_path) == 1 else None
     d = len(names)
 
     rows: list[list] = []
@@ -455,7 +461,7 @@ def decode_batch(
             if len(raw) > MAX_DEPTH:  # shorter events cannot nest that deep
                 _check_depth(raw, obj)  # the slow path says why
             if flat:
-                row = [obj[name] for name in names]
+                row = pick(obj)
             else:
                 row = []
                 for parts in paths:
@@ -463,10 +469,8 @@ def decode_batch(
                     for part in parts:
                         node = node[part]
                     row.append(node)
-            for v in row:
-                t = type(v)
-                if t is not float and t is not int:
-                    raise _Bad("", "")
+            if not _NUMBER_TYPES.issuperset(map(type, row)):
+                raise _Bad("", "")
         except Exception:
             # slow path: say exactly what is wrong, or find the row via fallbacks
             try:
@@ -483,6 +487,9 @@ def decode_batch(
         events.append(obj)
         if key_path is None:
             keys.append(None)
+        elif flat_key is not None:
+            key = obj.get(flat_key)
+            keys.append(key if type(key) is str else _key_text(key))
         else:
             try:
                 keys.append(_key_text(_walk(obj, key_path, key_field)))

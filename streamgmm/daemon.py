@@ -459,8 +459,9 @@ class Daemon:
             result = self.detector.process(decoded.X)
             self._send_outliers(records, decoded, result)
             self._send_scores(records, decoded, result)
-        for record in records:
-            self._offsets[record.tp] = record.offset + 1
+        last = {(r.topic, r.partition): r.offset for r in records}  # in order: the last wins
+        for (topic, partition), offset in last.items():
+            self._offsets[TopicPartition(topic, partition)] = offset + 1
         self._dirty = True
         self._count(records, decoded, result)
         self.metrics.batch_duration_seconds.observe(time.perf_counter() - started)
@@ -473,7 +474,7 @@ class Daemon:
             record = records[error.index]
             value = encode_dead_letter(
                 topic=record.topic, partition=record.partition, offset=record.offset,
-                timestamp_ms=record.timestamp_ms, error=error.error, reason=error.reason,
+                timestamp_ms=record.timestamp, error=error.error, reason=error.reason,
                 payload=record.value,
             )  # fmt: skip
             self.sink.send("dead_letter", record.key, value)
@@ -488,7 +489,7 @@ class Daemon:
             key = decoded.keys[row]
             value = encode_outlier(
                 topic=record.topic, partition=record.partition, offset=record.offset,
-                timestamp_ms=record.timestamp_ms, key=key, event=decoded.events[row],
+                timestamp_ms=record.timestamp, key=key, event=decoded.events[row],
                 log_likelihood=result.log_likelihood[row], score=result.score[row],
                 threshold=result.threshold, component=result.component[row],
                 responsibilities=result.responsibilities[row],
@@ -504,8 +505,8 @@ class Daemon:
                 else (key.encode("utf-8", "backslashreplace") if key is not None else None)
             )
             handle = self.sink.send("outliers", message_key, value)
-            if (record.timestamp_ms or 0) > 0:  # -1: the producer set no timestamp
-                handle.add_done_callback(partial(self._observe_ack, record.timestamp_ms))
+            if (record.timestamp or 0) > 0:  # -1: the producer set no timestamp
+                handle.add_done_callback(partial(self._observe_ack, record.timestamp))
 
     def _observe_ack(self, timestamp_ms: int, handle: SendHandle) -> None:
         """Runs in the sink's delivery thread: how late the outlier reached the broker."""
@@ -519,7 +520,7 @@ class Daemon:
         rows = [records[i] for i in decoded.ok_index]
         values = encode_score_records(
             topics=[r.topic for r in rows], partitions=[r.partition for r in rows],
-            offsets=[r.offset for r in rows], timestamps_ms=[r.timestamp_ms for r in rows],
+            offsets=[r.offset for r in rows], timestamps_ms=[r.timestamp for r in rows],
             keys=decoded.keys, log_likelihood=result.log_likelihood, score=result.score,
             threshold=result.threshold, outlier=result.is_outlier, component=result.component,
             responsibilities=result.responsibilities, model_events_seen=self.detector.n_seen,
@@ -529,7 +530,8 @@ class Daemon:
 
     def _count(self, records: list, decoded: Any, result: BatchResult | None) -> None:
         now = time.time()
-        stamps = np.array([r.timestamp_ms for r in records if r.timestamp_ms], dtype=np.float64)
+        stamps = np.array([r.timestamp or 0 for r in records], dtype=np.float64)
+        stamps = stamps[stamps > 0]  # 0: none known, -1: the producer set none
         if len(stamps):
             self.metrics.event_delay_seconds.observe(np.maximum(now - stamps / 1000.0, 0.0))
         self._events_since_status += len(records)

@@ -36,7 +36,7 @@ def test_file_source_offsets_are_zero_based_line_indexes(tmp_path):
         ("in.jsonl", 0, 2, b'{"x": 3}'),
         ("in.jsonl", 0, 3, b'{"x": 4}'),
     ]
-    assert records[0].timestamp_ms is None and records[0].key is None
+    assert records[0].timestamp is None and records[0].key is None
     assert source.exhausted and source.poll(10, 0.1) == []
     assert source.assignment() == {TopicPartition("in.jsonl", 0)}
     assert source.lag() == {TopicPartition("in.jsonl", 0): 0}
