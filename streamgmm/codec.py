@@ -62,10 +62,11 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from operator import itemgetter
+from itertools import chain
+from operator import itemgetter, methodcaller
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -408,6 +409,109 @@ def _decode_one(raw: Any, max_bytes: int) -> Any:
 _NUMBER_TYPES = frozenset((float, int))  # exactly: bool is an int subclass, not a number here
 
 
+def _decode_each(
+    values: Sequence[bytes | None],
+    names: list[str],
+    paths: list[tuple[str, ...]],
+    pick: Callable[[dict], Any] | None,
+    key_field: str | None,
+    max_bytes: int,
+) -> tuple[list, list[int], list[str | None], list[dict], list[DecodeError]]:
+    """Event by event: the usable ones as rows, every other one as an error saying why."""
+    key_path = tuple(key_field.split(".")) if key_field else None
+    flat_key = key_field if key_path is not None and len(key_path) == 1 else None
+    rows: list = []
+    ok: list[int] = []
+    keys: list[str | None] = []
+    events: list[dict] = []
+    errors: list[DecodeError] = []
+    loads = _fast_loads
+    for i, raw in enumerate(values):
+        # fast path: plain bytes, UTF-8 JSON object, numbers where expected
+        try:
+            if not raw or len(raw) > max_bytes:
+                raise _Bad("", "")
+            obj = loads(raw)
+            if type(obj) is not dict:
+                raise _Bad("", "")
+            if len(raw) > MAX_DEPTH:  # shorter events cannot nest that deep
+                _check_depth(raw, obj)  # the slow path says why
+            if pick is not None:
+                row = pick(obj)
+            else:
+                row = []
+                for parts in paths:
+                    node = obj
+                    for part in parts:
+                        node = node[part]
+                    row.append(node)
+            if not _NUMBER_TYPES.issuperset(map(type, row)):
+                raise _Bad("", "")
+        except Exception:
+            # slow path: say exactly what is wrong, or find the row via fallbacks
+            try:
+                obj = _decode_one(raw, max_bytes)
+                row = _explain(obj, paths, names)
+            except _Bad as bad:
+                errors.append(DecodeError(i, bad.reason, bad.error))
+                continue
+            except Exception as exc:  # pragma: no cover - a decoder must never raise
+                errors.append(DecodeError(i, "not_json", f"the message cannot be decoded: {exc}"))
+                continue
+        rows.append(row)
+        ok.append(i)
+        events.append(obj)
+        if key_path is None:
+            keys.append(None)
+        elif flat_key is not None:
+            key = obj.get(flat_key)
+            keys.append(key if type(key) is str else _key_text(key))
+        else:
+            try:
+                keys.append(_key_text(_walk(obj, key_path, key_field)))
+            except _Bad:
+                keys.append(None)
+
+    return rows, ok, keys, events, errors
+
+
+def _decode_clean(
+    values: Sequence[bytes | None],
+    pick: Callable[[dict], Any],
+    flat_key: str | None,
+    key_path: tuple[str, ...] | None,
+    max_bytes: int,
+) -> tuple[list, list[dict], list[str | None]] | None:
+    """The common batch at once: every value a JSON object whose fields are all numbers.
+
+    Rows, events and keys without a Python-level step per event; None as soon
+    as anything is unusual, and :func:`_decode_each` takes the batch and says
+    what is wrong with which event.
+    """
+    if not values or (key_path is not None and flat_key is None):
+        return None
+    try:
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        if not lengths.all() or lengths.max() > max_bytes:
+            return None
+        events = list(map(_fast_loads, values))
+        if not all(type(event) is dict for event in events):
+            return None
+        rows = list(map(pick, events))
+        if not _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(rows))):
+            return None
+        for i in np.flatnonzero(lengths > MAX_DEPTH):  # shorter events cannot nest that deep
+            _check_depth(values[i], events[i])
+    except Exception:  # not bytes, not JSON, a field missing, too deep: event by event
+        return None
+    if flat_key is None:
+        keys: list[str | None] = [None] * len(events)
+    else:
+        found = map(methodcaller("get", flat_key), events)
+        keys = [k if type(k) is str else _key_text(k) for k in found]
+    return rows, events, keys
+
+
 def decode_batch(
     values: Sequence[bytes | None],
     fields: Sequence[str],
@@ -444,57 +548,15 @@ def decode_batch(
     flat_key = key_field if key_path is not None and len(key_path) == 1 else None
     d = len(names)
 
-    rows: list[list] = []
-    ok: list[int] = []
-    keys: list[str | None] = []
-    events: list[dict] = []
-    errors: list[DecodeError] = []
-    loads = _fast_loads
-    for i, raw in enumerate(values):
-        # fast path: plain bytes, UTF-8 JSON object, numbers where expected
-        try:
-            if not raw or len(raw) > max_bytes:
-                raise _Bad("", "")
-            obj = loads(raw)
-            if type(obj) is not dict:
-                raise _Bad("", "")
-            if len(raw) > MAX_DEPTH:  # shorter events cannot nest that deep
-                _check_depth(raw, obj)  # the slow path says why
-            if flat:
-                row = pick(obj)
-            else:
-                row = []
-                for parts in paths:
-                    node = obj
-                    for part in parts:
-                        node = node[part]
-                    row.append(node)
-            if not _NUMBER_TYPES.issuperset(map(type, row)):
-                raise _Bad("", "")
-        except Exception:
-            # slow path: say exactly what is wrong, or find the row via fallbacks
-            try:
-                obj = _decode_one(raw, max_bytes)
-                row = _explain(obj, paths, names)
-            except _Bad as bad:
-                errors.append(DecodeError(i, bad.reason, bad.error))
-                continue
-            except Exception as exc:  # pragma: no cover - a decoder must never raise
-                errors.append(DecodeError(i, "not_json", f"the message cannot be decoded: {exc}"))
-                continue
-        rows.append(row)
-        ok.append(i)
-        events.append(obj)
-        if key_path is None:
-            keys.append(None)
-        elif flat_key is not None:
-            key = obj.get(flat_key)
-            keys.append(key if type(key) is str else _key_text(key))
-        else:
-            try:
-                keys.append(_key_text(_walk(obj, key_path, key_field)))
-            except _Bad:
-                keys.append(None)
+    clean = _decode_clean(values, pick, flat_key, key_path, max_bytes) if flat else None
+    if clean is not None:
+        rows, events, keys = clean
+        ok: list[int] = list(range(len(values)))
+        errors: list[DecodeError] = []
+    else:
+        rows, ok, keys, events, errors = _decode_each(
+            values, names, paths, pick if flat else None, key_field, max_bytes
+        )
 
     if not rows:
         return Decoded(np.empty((0, d)), np.empty(0, dtype=np.intp), [], [], errors)

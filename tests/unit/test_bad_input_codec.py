@@ -18,6 +18,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -208,3 +209,37 @@ def test_generated_events_never_raise_and_bad_ones_say_why(values):
         assert row.tolist() == [float(parsed[f]) for f in FIELDS]
         assert all(math.isfinite(v) for v in row)
     write_records(values, batch)
+
+
+CLEAN_EVENT = st.fixed_dictionaries(
+    {name: st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False))
+     for name in FIELDS},
+    optional={
+        "host": st.one_of(st.text(max_size=5), st.integers(), st.booleans(), st.none(),
+                          st.lists(st.integers(), max_size=2)),
+        "z": st.text(max_size=3),
+    },
+).map(lambda event: json.dumps(event).encode())  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(CLEAN_EVENT, CLEAN_EVENT, CLEAN_EVENT, events()), min_size=1, max_size=8),
+    st.sampled_from(["host", None, "host.name"]),
+)
+def test_the_whole_batch_path_decodes_exactly_as_the_per_event_path(values, key_field):
+    fast = decode_batch(values, FIELDS, key_field, 1 << 16)
+    with patch.object(codec, "_decode_clean", lambda *args: None):
+        each = decode_batch(values, FIELDS, key_field, 1 << 16)
+    assert fast.X.tobytes() == each.X.tobytes() and fast.X.shape == each.X.shape
+    assert fast.ok_index.tolist() == each.ok_index.tolist()
+    assert fast.keys == each.keys and fast.events == each.events
+    assert fast.errors == each.errors
+
+
+def test_a_clean_batch_takes_the_whole_batch_path():
+    values = [json.dumps({"a": i, "b": 2.5, "c": -3, "host": f"h{i}"}).encode() for i in range(3)]
+    pick = codec.itemgetter(*FIELDS)
+    assert codec._decode_clean(values, pick, "host", ("host",), 1 << 16) is not None
+    assert codec._decode_clean([*values, b"{"], pick, "host", ("host",), 1 << 16) is None
+    assert decode_batch(values, FIELDS, "host").keys == ["h0", "h1", "h2"]
