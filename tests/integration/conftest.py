@@ -13,7 +13,6 @@ events with injected anomalies waiting in them, and its config file.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import pytest
 from streamgmm.embedded import BrokerError, EmbeddedBroker
 
 from .daemon_process import encode, events_with_anomalies, write_config
+from .faults import read_records
 
 
 @pytest.fixture(scope="session")
@@ -83,42 +83,6 @@ def _produce(
         producer.close(timeout=5)
 
 
-def _read_all(
-    broker: EmbeddedBroker,
-    topic: str,
-    expected: int | None = None,
-    deadline_s: float = 20.0,
-) -> list:
-    """Every record of ``topic`` (all partitions, from the start), without a group.
-
-    Reads until ``expected`` records were seen (or, with ``expected=None``, until
-    the end offsets read at the start are reached), or the deadline passes.
-    """
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=broker.bootstrap, enable_auto_commit=False, group_id=None
-    )
-    try:
-        partitions = broker.partition_counts([topic]).get(topic, 0)
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        records: list = []
-        deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-            if expected is not None and len(records) >= expected:
-                break
-            if expected is None and all(consumer.position(tp) >= ends[tp] for tp in tps):
-                break
-        return sorted(records, key=lambda r: (r.partition, r.offset))
-    finally:
-        consumer.close()
-
-
 @pytest.fixture
 def produce(broker):
     """``produce(topic, values, partition=None, keys=None)``: write and wait for acks."""
@@ -130,8 +94,8 @@ def produce(broker):
 @pytest.fixture
 def read_all(broker):
     """``read_all(topic, expected=None, deadline_s=20)``: every record, group-less."""
-    return lambda topic, expected=None, deadline_s=20.0: _read_all(
-        broker, topic, expected, deadline_s
+    return lambda topic, expected=None, deadline_s=20.0: read_records(
+        broker, topic, deadline_s, expected
     )
 
 
