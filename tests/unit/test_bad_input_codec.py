@@ -44,15 +44,8 @@ MALFORMED, ODD_BUT_VALID = bad_inputs.MALFORMED, bad_inputs.ODD_BUT_VALID
 MAX_BYTES, event, nested = bad_inputs.MAX_BYTES, bad_inputs.event, bad_inputs.nested
 
 FIELDS = ["a", "b", "c"]
-BACKENDS = ["stdlib"] + (["orjson"] if codec._orjson is not None else [])
-
-
-@pytest.fixture(params=BACKENDS, autouse=True)
-def backend(request, monkeypatch):
-    """Every test runs with each fast-path parser: the outcome must not depend on it."""
-    if request.param == "stdlib":
-        monkeypatch.setattr(codec, "_fast_loads", codec._stdlib_loads)
-    return request.param
+# every test runs with each fast-path JSON parser (tests/unit/conftest.py)
+pytestmark = pytest.mark.usefixtures("codec_backend")
 
 
 def write_records(raw_values, batch) -> list[bytes]:

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamgmm import codec
 from streamgmm.codec import (
     DEAD_LETTER_FIELDS,
     OUTLIER_FIELDS,
@@ -26,15 +25,8 @@ from streamgmm.codec import (
     encode_score_records,
 )
 
-BACKENDS = ["stdlib"] + (["orjson"] if codec._orjson is not None else [])
-
-
-@pytest.fixture(params=BACKENDS, autouse=True)
-def backend(request, monkeypatch):
-    """Run every test with each fast-path parser: results must not depend on it."""
-    if request.param == "stdlib":
-        monkeypatch.setattr(codec, "_fast_loads", codec._stdlib_loads)
-    return request.param
+# every test runs with each fast-path JSON parser (tests/unit/conftest.py)
+pytestmark = pytest.mark.usefixtures("codec_backend")
 
 
 def one(value, fields=("x",), key_field=None, max_bytes=1 << 20):
