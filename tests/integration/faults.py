@@ -76,6 +76,28 @@ def checkpoint_offsets(state: dict | None, topic: str) -> dict[int, int]:
     return {int(p): int(o) for p, o in state.get("offsets", {}).get(topic, {}).items()}
 
 
+def wait_checkpoint_at(
+    daemon, path: Path, topic: str, ends: dict, deadline_s: float = 40.0, learnt: int | None = None
+):
+    """Wait until the checkpoint's offsets reach ``ends`` (and, with ``learnt``, its model
+    has learnt that many events: offsets alone may repeat from one topic to the next)."""
+    last: dict = {}
+
+    def there():
+        state = read_checkpoint(path)
+        if state is None:
+            return None
+        last.update(offsets=checkpoint_offsets(state, topic), n_seen=state["detector"]["n_seen"])
+        if last["offsets"] != ends or (learnt is not None and last["n_seen"] < learnt):
+            return None
+        return state
+
+    try:
+        return wait_for(there, deadline_s, f"the checkpoint at {ends}, {learnt} learnt", daemon)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nlast checkpoint: {last}") from None
+
+
 def model_statistics(state: dict) -> dict[str, np.ndarray]:
     """The learnt numbers of a checkpointed detector, flattened: mixture, threshold, counts."""
     out: dict[str, np.ndarray] = {}

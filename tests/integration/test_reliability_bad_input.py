@@ -27,13 +27,11 @@ from ..bad_inputs import MALFORMED, ODD_BUT_VALID, event, nested
 from ..figures import record
 from .daemon_process import DaemonProcess, anomaly, normal_events, write_config
 from .faults import (
-    checkpoint_offsets,
     ends_of,
     model_statistics,
     produce_events,
-    read_checkpoint,
     read_json,
-    wait_for,
+    wait_checkpoint_at,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -83,13 +81,7 @@ def test_bad_events_become_dead_letters_and_never_move_the_model(tmp_path, broke
     daemon = DaemonProcess(config, port, tmp_path / "daemon.log")
     rng = np.random.default_rng(21)
     ends = ends_of(produce_events(broker.bootstrap, topics["events"], normal_events(rng, 1000)))
-    wait_for(
-        lambda: checkpoint_offsets(read_checkpoint(checkpoint), topics["events"]) == ends,
-        30,
-        "the warm-up to be checkpointed",
-        daemon,
-    )
-    before = read_checkpoint(checkpoint)
+    before = wait_checkpoint_at(daemon, checkpoint, topics["events"], ends, 30)
 
     # 1. nothing but bad events
     corpus = [(raw, reason) for name, raw, reason in MALFORMED if reason != "oversize"]
@@ -105,13 +97,7 @@ def test_bad_events_become_dead_letters_and_never_move_the_model(tmp_path, broke
     values = [raw for raw, _ in corpus] + generated
     coords = produce_events(broker.bootstrap, topics["events"], values)
     ends = ends_of(coords, ends)
-    wait_for(
-        lambda: checkpoint_offsets(read_checkpoint(checkpoint), topics["events"]) == ends,
-        30,
-        "the bad events to be read and checkpointed",
-        daemon,
-    )
-    after = read_checkpoint(checkpoint)
+    after = wait_checkpoint_at(daemon, checkpoint, topics["events"], ends, 30)
     assert daemon.process.poll() is None
     stats_before, stats_after = model_statistics(before), model_statistics(after)
     assert stats_before.keys() == stats_after.keys()
@@ -142,13 +128,7 @@ def test_bad_events_become_dead_letters_and_never_move_the_model(tmp_path, broke
         json.dumps(anomaly(900_003))[:-1].encode() + b', "host": ' + nested(MAX_DEPTH - 2) + b"}",
     ]
     ends = ends_of(produce_events(broker.bootstrap, topics["events"], odd + poison), ends)
-    wait_for(
-        lambda: checkpoint_offsets(read_checkpoint(checkpoint), topics["events"]) == ends,
-        30,
-        "the odd but valid events to be read and checkpointed",
-        daemon,
-    )
-    final = read_checkpoint(checkpoint)
+    final = wait_checkpoint_at(daemon, checkpoint, topics["events"], ends, 30)
     assert final["detector"]["n_seen"] == before["detector"]["n_seen"] + len(odd) + len(poison)
     outliers = read_json(broker, topics["outliers"], 10)
     ids = {o["event"].get("id") for o in outliers}

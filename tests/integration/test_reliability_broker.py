@@ -24,11 +24,11 @@ from streamgmm.embedded import BrokerError, EmbeddedBroker
 from ..figures import record
 from .daemon_process import DaemonProcess, anomaly, free_port, normal_events, write_config
 from .faults import (
-    checkpoint_offsets,
     ends_of,
     produce_events,
     read_checkpoint,
     read_json,
+    wait_checkpoint_at,
     wait_for,
 )
 
@@ -105,28 +105,6 @@ def warm_up(broker, daemon, topics, rng) -> list[tuple[int, int]]:
     coords = produce_events(broker.bootstrap, topics["events"], normal_events(rng, 1000))
     wait_for(lambda: b'"warmed_up": true' in daemon.get("/readyz")[1], 30, "the warm-up", daemon)
     return coords
-
-
-def wait_checkpoint_at(
-    daemon, path: Path, topic: str, ends: dict, deadline_s: float = 40.0, learnt: int | None = None
-):
-    """Wait until the checkpoint's offsets reach ``ends`` (and, with ``learnt``, its model
-    has learnt that many events: offsets alone may repeat from one topic to the next)."""
-    last: dict = {}
-
-    def there():
-        state = read_checkpoint(path)
-        if state is None:
-            return None
-        last.update(offsets=checkpoint_offsets(state, topic), n_seen=state["detector"]["n_seen"])
-        if last["offsets"] != ends or (learnt is not None and last["n_seen"] < learnt):
-            return None
-        return state
-
-    try:
-        return wait_for(there, deadline_s, f"the checkpoint at {ends}, {learnt} learnt", daemon)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\nlast checkpoint: {last}") from None
 
 
 # ---------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from .faults import (
     read_json,
     temp_files,
     valid_before,
+    wait_checkpoint_at,
     wait_for,
 )
 
@@ -103,15 +104,7 @@ def campaign(tmp_path, broker, unique, kills: list[str], total: int, rate: float
     coords = produce_events(broker.bootstrap, topics["events"], warm_events)
     warm = [Sent(e["id"], "normal", p, o) for e, (p, o) in zip(warm_events, coords, strict=True)]
     daemon = DaemonProcess(config, port, tmp_path / "warm.log")
-    wait_for(
-        lambda: (
-            checkpoint_offsets(read_checkpoint(checkpoint), topics["events"])
-            == NumberedStream.end_offsets(warm)
-        ),
-        30,
-        "the warm-up to be checkpointed",
-        daemon,
-    )
+    wait_checkpoint_at(daemon, checkpoint, topics["events"], NumberedStream.end_offsets(warm), 30)
     warm_counted = daemon.scored()
     assert daemon.terminate() == 0, daemon.log_tail()
 
