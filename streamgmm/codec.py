@@ -66,7 +66,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain
-from operator import itemgetter, methodcaller
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -409,17 +409,32 @@ def _decode_one(raw: Any, max_bytes: int) -> Any:
 _NUMBER_TYPES = frozenset((float, int))  # exactly: bool is an int subclass, not a number here
 
 
+def _key_getter(key_field: str | None) -> Callable[[dict], str | None]:
+    """The event's key as text, read by the dotted path ``key_field``; None if absent."""
+    if not key_field:
+        return lambda obj: None
+    path = tuple(key_field.split("."))
+    if len(path) == 1:
+        return lambda obj: key if type(key := obj.get(key_field)) is str else _key_text(key)
+
+    def nested(obj: dict) -> str | None:
+        try:
+            return _key_text(_walk(obj, path, key_field))
+        except _Bad:
+            return None
+
+    return nested
+
+
 def _decode_each(
     values: Sequence[bytes | None],
     names: list[str],
     paths: list[tuple[str, ...]],
     pick: Callable[[dict], Any] | None,
-    key_field: str | None,
+    key_of: Callable[[dict], str | None],
     max_bytes: int,
 ) -> tuple[list, list[int], list[str | None], list[dict], list[DecodeError]]:
     """Event by event: the usable ones as rows, every other one as an error saying why."""
-    key_path = tuple(key_field.split(".")) if key_field else None
-    flat_key = key_field if key_path is not None and len(key_path) == 1 else None
     rows: list = []
     ok: list[int] = []
     keys: list[str | None] = []
@@ -461,25 +476,14 @@ def _decode_each(
         rows.append(row)
         ok.append(i)
         events.append(obj)
-        if key_path is None:
-            keys.append(None)
-        elif flat_key is not None:
-            key = obj.get(flat_key)
-            keys.append(key if type(key) is str else _key_text(key))
-        else:
-            try:
-                keys.append(_key_text(_walk(obj, key_path, key_field)))
-            except _Bad:
-                keys.append(None)
-
+        keys.append(key_of(obj))
     return rows, ok, keys, events, errors
 
 
 def _decode_clean(
     values: Sequence[bytes | None],
     pick: Callable[[dict], Any],
-    flat_key: str | None,
-    key_path: tuple[str, ...] | None,
+    key_of: Callable[[dict], str | None],
     max_bytes: int,
 ) -> tuple[list, list[dict], list[str | None]] | None:
     """The common batch at once: every value a JSON object whose fields are all numbers.
@@ -488,7 +492,7 @@ def _decode_clean(
     as anything is unusual, and :func:`_decode_each` takes the batch and says
     what is wrong with which event.
     """
-    if not values or (key_path is not None and flat_key is None):
+    if not values:
         return None
     try:
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
@@ -504,12 +508,7 @@ def _decode_clean(
             _check_depth(values[i], events[i])
     except Exception:  # not bytes, not JSON, a field missing, too deep: event by event
         return None
-    if flat_key is None:
-        keys: list[str | None] = [None] * len(events)
-    else:
-        found = map(methodcaller("get", flat_key), events)
-        keys = [k if type(k) is str else _key_text(k) for k in found]
-    return rows, events, keys
+    return rows, events, list(map(key_of, events))
 
 
 def decode_batch(
@@ -544,18 +543,17 @@ def decode_batch(
     paths = [tuple(name.split(".")) for name in names]
     flat = all(len(p) == 1 for p in paths)
     pick = itemgetter(*names) if len(names) > 1 else (lambda obj: [obj[n] for n in names])
-    key_path = tuple(key_field.split(".")) if key_field else None
-    flat_key = key_field if key_path is not None and len(key_path) == 1 else None
+    key_of = _key_getter(key_field)
     d = len(names)
 
-    clean = _decode_clean(values, pick, flat_key, key_path, max_bytes) if flat else None
+    clean = _decode_clean(values, pick, key_of, max_bytes) if flat else None
     if clean is not None:
         rows, events, keys = clean
         ok: list[int] = list(range(len(values)))
         errors: list[DecodeError] = []
     else:
         rows, ok, keys, events, errors = _decode_each(
-            values, names, paths, pick if flat else None, key_field, max_bytes
+            values, names, paths, pick if flat else None, key_of, max_bytes
         )
 
     if not rows:

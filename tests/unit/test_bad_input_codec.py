@@ -232,7 +232,7 @@ def test_the_whole_batch_path_decodes_exactly_as_the_per_event_path(values, key_
 
 def test_a_clean_batch_takes_the_whole_batch_path():
     values = [json.dumps({"a": i, "b": 2.5, "c": -3, "host": f"h{i}"}).encode() for i in range(3)]
-    pick = codec.itemgetter(*FIELDS)
-    assert codec._decode_clean(values, pick, "host", ("host",), 1 << 16) is not None
-    assert codec._decode_clean([*values, b"{"], pick, "host", ("host",), 1 << 16) is None
+    pick, key_of = codec.itemgetter(*FIELDS), codec._key_getter("host")
+    assert codec._decode_clean(values, pick, key_of, 1 << 16) is not None
+    assert codec._decode_clean([*values, b"{"], pick, key_of, 1 << 16) is None
     assert decode_batch(values, FIELDS, "host").keys == ["h0", "h1", "h2"]
