@@ -65,31 +65,40 @@ class SinkError(RuntimeError):
 class SendHandle:
     """The outcome of one :meth:`Sink.send`, future-like and thread-safe.
 
-    ``metadata`` is ``(partition, offset)`` for Kafka once acknowledged.
+    ``metadata`` is ``(partition, offset)`` for Kafka once acknowledged. One
+    is made per record sent (per event with a scores topic), so it holds one
+    lock; the event a :meth:`wait` needs is made only when someone waits.
     """
 
-    __slots__ = ("_callbacks", "_error", "_event", "_lock", "metadata", "role")
+    __slots__ = ("_callbacks", "_done", "_error", "_event", "_lock", "metadata", "role")
 
     def __init__(self, role: str) -> None:
         self.role = role
-        self._event = threading.Event()
         self._lock = threading.Lock()
+        self._done = False
+        self._event: threading.Event | None = None
         self._callbacks: list[Callable[[SendHandle], None]] = []
         self._error: BaseException | None = None
         self.metadata: tuple[int, int] | None = None
 
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def succeeded(self) -> bool:
-        return self._event.is_set() and self._error is None
+        return self._done and self._error is None
 
     def exception(self) -> BaseException | None:
         return self._error
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until done (or ``timeout_s``); True if done."""
-        return self._event.wait(timeout_s)
+        with self._lock:
+            if self._done:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout_s)
 
     def add_done_callback(self, callback: Callable[[SendHandle], None]) -> None:
         """Call ``callback(handle)`` once the outcome is known (at once if it is).
@@ -98,27 +107,27 @@ class SendHandle:
         thread for Kafka), so it must be quick and must not call the sink.
         """
         with self._lock:
-            if not self._event.is_set():
+            if not self._done:
                 self._callbacks.append(callback)
                 return
         callback(self)
 
     def _resolve(self, metadata: tuple[int, int] | None = None) -> None:
-        with self._lock:
-            if self._event.is_set():
-                return
-            self.metadata = metadata
-            self._event.set()
-            callbacks, self._callbacks = self._callbacks, []
-        self._run(callbacks)
+        self._finish(metadata, None)
 
     def _fail(self, error: BaseException) -> None:
+        self._finish(None, error)
+
+    def _finish(self, metadata: tuple[int, int] | None, error: BaseException | None) -> None:
         with self._lock:
-            if self._event.is_set():
+            if self._done:
                 return
-            self._error = error
-            self._event.set()
+            self.metadata, self._error = metadata, error
+            self._done = True
             callbacks, self._callbacks = self._callbacks, []
+            event = self._event
+        if event is not None:
+            event.set()
         self._run(callbacks)
 
     def _run(self, callbacks: list[Callable[[SendHandle], None]]) -> None:

@@ -229,6 +229,14 @@ def test_done_callbacks_see_a_failure_and_a_raising_one_does_not_stop_the_others
     assert "a send callback failed" in caplog.text
 
 
+def test_wait_blocks_until_the_outcome_from_another_thread():
+    handle = SendHandle("outliers")
+    assert handle.wait(0.01) is False and not handle.done()
+    threading.Timer(0.05, handle._resolve, [(0, 3)]).start()
+    assert handle.wait(5) is True and handle.succeeded() and handle.metadata == (0, 3)
+    assert handle.wait(0) is True  # done: returns at once
+
+
 def test_the_kafka_sink_runs_callbacks_on_acknowledgement(scripted):
     scripted.silent_first = False
     sink = KafkaSink(["x:1"], {"outliers": "o"}, producer_factory=scripted)
