@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -242,58 +243,86 @@ def steady_producer(
     producer.close(5)
 
 
+def launch_producer(
+    bootstrap: str,
+    topic: str,
+    warm: list[bytes],
+    values: list[bytes],
+    rate: float,
+    port: int | None,
+) -> Callable[[float], tuple]:
+    """Start :func:`steady_producer` in a process of its own, as on another host.
+
+    In the reader's process its send loop and sender thread would share a GIL
+    with the reader. Returns ``finish(timeout_s)``: waits for the producer and
+    gives ``(started, finished, acks before)``.
+    """
+    context = multiprocessing.get_context("spawn")
+    times = context.Queue()
+    process = context.Process(
+        target=steady_producer, args=(bootstrap, topic, warm, values, rate, port, times)
+    )
+    process.start()
+
+    def finish(timeout_s: float) -> tuple:
+        try:
+            return times.get(timeout=timeout_s)
+        finally:
+            process.join(30)
+            if process.exitcode != 0:
+                raise RuntimeError(f"the steady producer failed (exit {process.exitcode})")
+
+    return finish
+
+
+def tail(bootstrap: str, topic: str, **options):
+    """A group-less consumer of partition 0 of ``topic``, at its end, connected."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **options
+    )
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_end(tp)
+    consumer.poll(timeout_ms=500)  # connected and at the end before anything is timed
+    return consumer
+
+
+def quantiles(milliseconds: list[float]) -> dict:
+    d = np.array(milliseconds)
+    return {"p50": float(np.percentile(d, 50)), "p99": float(np.percentile(d, 99)),
+            "max": float(d.max())}  # fmt: skip
+
+
 def bare_delay_run(bootstrap: str, rate: float, seconds: float) -> dict:
     """The floor: how old events are when a bare kafka-python consumer receives them.
 
     Same steady producer and the daemon's fetch settings; the age of every
     event at the moment ``poll`` returns it.
     """
-    from kafka import KafkaConsumer, TopicPartition
-
     topic = "bare-delay-events"
     values = events(np.random.default_rng(2), int(rate * seconds))
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-        fetch_max_wait_ms=20, max_poll_records=2000,
-    )  # fmt: skip
-    tp = TopicPartition(topic, 0)
-    consumer.assign([tp])
-    consumer.seek_to_end(tp)
-    consumer.poll(timeout_ms=500)
-    context = multiprocessing.get_context("spawn")
-    times = context.Queue()
-    producer = context.Process(
-        target=steady_producer, args=(bootstrap, topic, [], values, rate, None, times)
-    )
-    producer.start()
+    consumer = tail(bootstrap, topic, fetch_max_wait_ms=20, max_poll_records=2000)
+    finish = launch_producer(bootstrap, topic, [], values, rate, None)
     ages: list[float] = []
     deadline = time.monotonic() + seconds + 120
     while len(ages) < len(values) and time.monotonic() < deadline:
         for batch in consumer.poll(timeout_ms=50).values():
             now = time.time() * 1000
             ages.extend(now - message.timestamp for message in batch)
-    times.get(timeout=60)
-    producer.join(30)
+    finish(60)
     consumer.close()
-    a = np.array(ages)
-    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
-            "max": float(a.max()), "events": len(a)}  # fmt: skip
+    return {**quantiles(ages), "events": len(ages)}
 
 
 def delay_run(workdir: str, bootstrap: str, rate: float, seconds: float) -> dict:
-    from kafka import KafkaConsumer, TopicPartition
-
     topic, outliers = "delay-events", "delay-outliers"
     process, port = start_daemon(workdir, bootstrap, topic, outliers, "daemon-delay")
     rng = np.random.default_rng(1)
     warm = events(rng, 3000)
     values = events(rng, int(rate * seconds), anomaly_every=100)
-    reader = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5, enable_auto_commit=False
-    )
-    tp = TopicPartition(outliers, 0)
-    reader.assign([tp])
-    reader.seek_to_end(tp)
+    reader = tail(bootstrap, outliers, fetch_max_wait_ms=5)
     delays: list[float] = []
     stop = threading.Event()
 
@@ -318,23 +347,10 @@ def delay_run(workdir: str, bootstrap: str, rate: float, seconds: float) -> dict
                                 file=sys.stderr,
                             )
 
-    # the reader connects and finds the end of the topic before anything is timed
-    reader.poll(timeout_ms=500)
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
-    ready = multiprocessing.get_context("spawn").Queue()
-    # The producer runs in a process of its own, as it would on another host:
-    # in this one its send loop and sender thread would share a GIL with the reader.
-    producer = multiprocessing.get_context("spawn").Process(
-        target=steady_producer, args=(bootstrap, topic, warm, values, rate, port, ready)
-    )
-    producer.start()
-    try:
-        started, finished, acks_before = ready.get(timeout=seconds + 300)
-    finally:
-        producer.join(30)
-    if producer.exitcode != 0:
-        raise RuntimeError(f"the steady producer failed (exit {producer.exitcode})")
+    finish = launch_producer(bootstrap, topic, warm, values, rate, port)
+    started, finished, acks_before = finish(seconds + 300)
     achieved = len(values) / (finished - started)
     time.sleep(2)
     stop.set()
@@ -344,15 +360,11 @@ def delay_run(workdir: str, bootstrap: str, rate: float, seconds: float) -> dict
     process.terminate()
     process.wait(60)
     reader.close()
-    expected = len(values) // 100
-    d = np.array(delays)
     return {
         "rate": achieved,
-        "outliers": len(d),
-        "expected": expected,
-        "p50": float(np.percentile(d, 50)),
-        "p99": float(np.percentile(d, 99)),
-        "max": float(d.max()),
+        "outliers": len(delays),
+        "expected": len(values) // 100,
+        **quantiles(delays),
         "acked": int(acks[-1, 1]),
         "acked_within_100ms": float(acks[acks[:, 0] == 0.1, 1][0] / acks[-1, 1]),
         "acked_p50": 1000 * histogram_quantile(0.5, acks),
