@@ -50,20 +50,21 @@ DELAY_S = 0.3  # each side of the checkpoint's rename, in the pausing launcher
 WARM_IDS = 10_000_000  # ids of the warm-up events (the numbered stream counts from 0)
 
 
-def assigned(daemon: DaemonProcess) -> bool:
+def readiness(daemon: DaemonProcess, condition: str) -> bool:
+    """Whether /readyz reports ``condition`` met (False while the daemon is not up)."""
     try:
         _, body = daemon.get("/readyz")
     except OSError:
         return False
-    return bool(json.loads(body).get("conditions", {}).get("assigned"))
+    return bool(json.loads(body).get("conditions", {}).get(condition))
+
+
+def assigned(daemon: DaemonProcess) -> bool:
+    return readiness(daemon, "assigned")
 
 
 def warmed_up(daemon: DaemonProcess) -> bool:
-    try:
-        _, body = daemon.get("/readyz")
-    except OSError:
-        return False
-    return bool(json.loads(body).get("conditions", {}).get("warmed_up"))
+    return readiness(daemon, "warmed_up")
 
 
 def phase(marker: Path) -> str | None:
