@@ -193,8 +193,9 @@ class Decoded:
         Index in the input of each row of ``X``.
     keys : list of (str or None), length n_ok
         The key field of each row (``None`` when absent or not configured).
-    events : list of dict, length n_ok
-        The parsed payload of each row, to embed in outlier records.
+    events : sequence of dict, length n_ok
+        The parsed payload of each row, to embed in outlier records (parsed
+        on demand when the batch was decoded in another process).
     errors : list of DecodeError
         The events that did not decode, in input order.
     """
@@ -202,7 +203,7 @@ class Decoded:
     X: np.ndarray
     ok_index: np.ndarray
     keys: list[str | None] = field(default_factory=list)
-    events: list[dict] = field(default_factory=list)
+    events: Sequence[dict] = field(default_factory=list)
     errors: list[DecodeError] = field(default_factory=list)
 
 
@@ -407,6 +408,14 @@ def _decode_one(raw: Any, max_bytes: int) -> Any:
 
 
 _NUMBER_TYPES = frozenset((float, int))  # exactly: bool is an int subclass, not a number here
+
+
+def parse_event(raw: Any, max_bytes: int = 1 << 20) -> Any:
+    """One value parsed as :func:`decode_batch` parses it (its event, for a usable one)."""
+    try:
+        return _fast_loads(raw)
+    except Exception:
+        return _decode_one(raw, max_bytes)
 
 
 def _key_getter(key_field: str | None) -> Callable[[dict], str | None]:

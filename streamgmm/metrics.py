@@ -257,6 +257,10 @@ class Metrics:
         self.checkpoint_failures_total = Counter(
             p + "checkpoint_failures", "Checkpoints that could not be written.", registry=r
         )
+        self.decoder_failures_total = Counter(
+            p + "decoder_failures", "Times the decoding process died or stopped answering; "
+            "its batches were decoded in the main loop.", registry=r,
+        )  # fmt: skip
         self.build_info = Gauge(
             p + "build_info", "Always 1; the version label says which streamgmm runs.",
             ["version"], registry=r,
