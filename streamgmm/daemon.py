@@ -20,7 +20,11 @@ guarantees hold:
   commit, leave the group, exit 0 (under 50 s even when the brokers are
   unreachable: nothing is waited for twice);
 - a broker that cannot be reached is retried with capped backoff while
-  /readyz says why; only configuration errors end the process.
+  /readyz says why; only configuration errors end the process;
+- a large batch is decoded by a child process (``decoder``) while the next
+  poll runs; it is processed before that poll's records, before any
+  checkpoint and before a rebalance moves the offsets, so the order of side
+  effects above is the same as if it had been decoded in the loop.
 
 The daemon computes no Gaussian: that is the detector's job.
 """
@@ -33,9 +37,11 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -49,13 +55,14 @@ from .checkpoint import (
     remove_leftovers,
     save_state,
 )
-from .codec import decode_batch, encode_dead_letter, encode_outlier, encode_score_records
+from .codec import Decoded, encode_dead_letter, encode_outlier, encode_score_records
 from .config import Config
+from .decoder import ANSWER_TIMEOUT_S, Decoder, Pending, default_workers
 from .detector import BatchResult, Detector
 from .metrics import Health, Metrics, start_metrics_server
 from .notify import Notifier
 from .sinks import SendHandle, sink_from_config
-from .sources import SourceError, TopicPartition, source_from_config
+from .sources import SourceError, TopicPartition, next_offsets, source_from_config
 from .threshold import Threshold, make_threshold
 
 log = logging.getLogger("streamgmm.daemon")
@@ -69,6 +76,10 @@ STATUS_EVERY_S = 10.0
 POLL_TIMEOUT_S = 1.0  # shortened under a short WatchdogSec= (see Daemon._block_s)
 LAG_EVERY_S = 5.0
 SLOW_ITERATION_S = 0.25
+
+
+_value = attrgetter("value")
+_timestamp = attrgetter("timestamp")
 
 
 class FatalError(Exception):
@@ -262,6 +273,17 @@ class Daemon:
         self.kafka = config.source.kind == "kafka"
         self.max_poll_records = config.source.kafka.max_poll_records if self.kafka else 2000
         self.max_bytes = config.source.kafka.max_message_bytes if self.kafka else 1 << 20
+        in_child = config.features.decode_process
+        self.decoder = Decoder(
+            self.fields,
+            config.features.key,
+            self.max_bytes,
+            workers=default_workers() if in_child is None else int(in_child),
+            on_failure=lambda why: self.metrics.decoder_failures_total.inc(),
+            timeout_s=min(ANSWER_TIMEOUT_S, self._block_s or ANSWER_TIMEOUT_S),
+        )
+        # batches read and handed to the decoder, not yet processed (at most two)
+        self._in_flight: deque[tuple[list, Pending]] = deque()
         self.server = (
             start_metrics_server(config.metrics, self.metrics, self.health)
             if serve_metrics
@@ -320,12 +342,15 @@ class Daemon:
             while not self._stop.is_set():
                 self._tick()
                 began = time.monotonic()
-                records = self._poll()
+                # a batch being decoded elsewhere: read on, but do not wait for more
+                records = self._poll(wait=not self._in_flight)
                 polled = time.monotonic()
                 if records:
-                    self._process(records)
+                    pending = self.decoder.submit(list(map(_value, records)))
+                    self._in_flight.append((records, pending))
                     self._backoff = 0.0
-                elif self.source.exhausted:
+                self._finish_batches(keep_one=bool(records))
+                if not records and self.source.exhausted:
                     break
                 processed = time.monotonic()
                 due = processed - self._last_checkpoint >= self.config.checkpoint.interval_s
@@ -363,11 +388,11 @@ class Daemon:
         self.health.tick()
         self.notifier.watchdog()
 
-    def _poll(self) -> list:
+    def _poll(self, wait: bool = True) -> list:
         if self._sink_backlogged():
             return []
         try:
-            records = self.source.poll(self.max_poll_records, self._tick_s)
+            records = self.source.poll(self.max_poll_records, self._tick_s if wait else 0.0)
         except SourceError as exc:
             raise FatalError(str(exc)) from exc
         except Exception as exc:  # broker unreachable, metadata errors: all transient
@@ -448,20 +473,24 @@ class Daemon:
 
     # -- one batch ----------------------------------------------------------------
 
-    def _process(self, records: list) -> None:
+    def _finish_batches(self, keep_one: bool = False) -> None:
+        """Process the batches in flight, in order; with ``keep_one``, leave the newest
+        to its decoder if it is still at work (it overlaps the next poll)."""
+        while self._in_flight:
+            if keep_one and len(self._in_flight) == 1 and self._in_flight[0][1].elsewhere:
+                return
+            records, pending = self._in_flight.popleft()
+            self._process(records, pending.result())
+
+    def _process(self, records: list, decoded: Decoded) -> None:
         started = time.perf_counter()
-        decoded = decode_batch(
-            [r.value for r in records], self.fields, self.config.features.key, self.max_bytes
-        )
         self._send_dead_letters(records, decoded.errors)
         result = None
         if len(decoded.X):
             result = self.detector.process(decoded.X)
             self._send_outliers(records, decoded, result)
             self._send_scores(records, decoded, result)
-        last = {(r.topic, r.partition): r.offset for r in records}  # in order: the last wins
-        for (topic, partition), offset in last.items():
-            self._offsets[TopicPartition(topic, partition)] = offset + 1
+        self._offsets.update(next_offsets(records))
         self._dirty = True
         self._count(records, decoded, result)
         self.metrics.batch_duration_seconds.observe(time.perf_counter() - started)
@@ -530,7 +559,10 @@ class Daemon:
 
     def _count(self, records: list, decoded: Any, result: BatchResult | None) -> None:
         now = time.time()
-        stamps = np.array([r.timestamp or 0 for r in records], dtype=np.float64)
+        try:
+            stamps = np.fromiter(map(_timestamp, records), dtype=np.float64, count=len(records))
+        except TypeError:  # a None among them: not known
+            stamps = np.array([r.timestamp or 0 for r in records], dtype=np.float64)
         stamps = stamps[stamps > 0]  # 0: none known, -1: the producer set none
         if len(stamps):
             self.metrics.event_delay_seconds.observe(np.maximum(now - stamps / 1000.0, 0.0))
@@ -580,7 +612,9 @@ class Daemon:
     # -- checkpoints and offsets ------------------------------------------------------
 
     def checkpoint(self, reason: str) -> bool:
-        """Flush, write the checkpoint, commit its offsets; True when all three happened."""
+        """Finish the batches read, flush, write the checkpoint, commit its offsets;
+        True when all of it happened."""
+        self._finish_batches()
         self._last_checkpoint = time.monotonic()
         if not self._flush(FLUSH_TIMEOUT_S):
             self._report_failures()
@@ -667,6 +701,7 @@ class Daemon:
             self._offsets.pop(tp, None)
 
     def _on_lost(self, partitions: set[TopicPartition]) -> None:
+        self._finish_batches()  # their offsets are the positions kept
         # The positions are kept: the model has learnt every event before them, and
         # the group's committed offset may be older (nothing could be committed). A
         # partition that comes back resumes here; one another member moved further
@@ -678,6 +713,7 @@ class Daemon:
         )
 
     def _on_assign(self, partitions: set[TopicPartition]) -> None:
+        self._finish_batches()  # the offsets sought below must include every batch read
         targets = {}
         committed: dict[TopicPartition, int | None] = {}
         try:
@@ -802,7 +838,8 @@ class Daemon:
         return True
 
     def _close(self, sink_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
-        for closer in (self.source.close, lambda: self.sink.close(sink_timeout_s)):
+        closers = (self.source.close, lambda: self.sink.close(sink_timeout_s), self.decoder.close)
+        for closer in closers:
             try:
                 closer()
             except Exception as exc:

@@ -42,7 +42,7 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, BinaryIO, NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
@@ -82,6 +82,25 @@ class Record(NamedTuple):
     timestamp: int | None
     key: bytes | None
     value: bytes | None
+
+
+class Polled(list):
+    """The records of one poll, and the next offset to read in each partition they are from."""
+
+    __slots__ = ("next_offsets",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_offsets: dict[TopicPartition, int] = {}
+
+
+def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
+    """Where each partition of ``records`` continues: as :class:`Polled` says, or computed."""
+    known = getattr(records, "next_offsets", None)
+    if known is not None:
+        return known
+    last = {(r.topic, r.partition): r.offset for r in records}  # in order: the last wins
+    return {TopicPartition(topic, partition): o + 1 for (topic, partition), o in last.items()}
 
 
 class SourceError(RuntimeError):
@@ -415,11 +434,14 @@ class KafkaSource:
             log.warning("poll failed (%s: %s); retrying", type(exc).__name__, exc)
             return []
         self._raise_callback_error()
-        records: list = []  # kafka-python's ConsumerRecords: the fields of a Record
+        records = Polled()  # of kafka-python's ConsumerRecords: the fields of a Record
         for tp, messages in batches.items():
             records.extend(messages)
             if messages:
-                self._positions[TopicPartition(tp.topic, tp.partition)] = messages[-1].offset + 1
+                records.next_offsets[TopicPartition(tp.topic, tp.partition)] = (
+                    messages[-1].offset + 1
+                )
+        self._positions.update(records.next_offsets)
         return records
 
     def _raise_callback_error(self) -> None:

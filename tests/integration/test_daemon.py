@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -177,4 +179,45 @@ def test_live_scrape_passes_promtool(tmp_path, broker, topics, unique, produce):
         "streamgmm_build_info",
     ):
         assert name in text
+    assert daemon.terminate() == 0
+
+
+def test_a_killed_decoding_process_loses_nothing(
+    tmp_path, broker, topics, unique, produce, read_all
+):
+    """Large batches are decoded by a child process; killed, its batch is decoded in the
+    loop (counted in streamgmm_decoder_failures_total) and a new child takes over."""
+    rng = np.random.default_rng(4)
+    first = normal_events(rng, 2000)
+    produce_stream(produce, topics["events"], first)
+    daemon = start(tmp_path, broker, topics, unique("g"), features__decode_process=True)
+    daemon.wait_until(lambda: daemon.scored() >= len(first), what="the backlog read")
+    started = [r for r in daemon.log_records() if "decoding large batches" in r["message"]]
+    assert started, "a backlog of 2,000 events is read in batches of 500: decoded beside"
+    child = int(started[-1]["message"].split()[-1])
+
+    # the loop is held still while a second backlog arrives and the child is killed
+    daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        second = normal_events(rng, 3000, start_id=10_000)
+        anomalies = [anomaly(20_000 + i) for i in range(10)]
+        for i, a in enumerate(anomalies):
+            second.insert(250 * i + 100, a)
+        produce_stream(produce, topics["events"], second)
+        produce(topics["events"], [value for value, _ in MALFORMED])
+        os.kill(child, signal.SIGKILL)
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+
+    total = len(first) + len(second) + len(MALFORMED)
+    daemon.wait_until(lambda: daemon.scored() >= total, what="every event counted")
+    assert daemon.metric("streamgmm_decoder_failures_total") == 1
+    flagged = int(daemon.metric("streamgmm_outliers_total"))
+    outliers = outlier_records(read_all, topics["outliers"], flagged, deadline_s=20)
+    assert injected_ids(outliers) == [a["id"] for a in anomalies]
+    dead = [json.loads(r.value) for r in read_all(topics["dead"], len(MALFORMED))]
+    assert sorted(d["reason"] for d in dead) == sorted(reason for _, reason in MALFORMED)
+    messages = [r["message"] for r in daemon.log_records()]
+    assert any("the decoding process ended" in m for m in messages)
+    assert sum("decoding large batches" in m for m in messages) == 2, "a new child took over"
     assert daemon.terminate() == 0

@@ -107,5 +107,7 @@ def test_daemon_scores_and_stops_cleanly_under_the_units_seccomp_filters(
     assert (tmp_path / "state" / "model.npz").exists(), "no checkpoint written at shutdown"
     errors = [r for r in daemon.log_records() if r.get("level") in ("error", "critical")]
     assert not errors, errors
+    # the backlog came in batches of 500: the decoding process ran under the filters too
+    assert any("decoding large batches" in r["message"] for r in daemon.log_records())
     text = daemon.log_path.read_text(errors="replace")
     assert "Operation not permitted" not in text and "Bad system call" not in text, text[-3000:]

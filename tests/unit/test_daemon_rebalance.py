@@ -13,6 +13,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 
 from streamgmm.config import parse_config
 from streamgmm.daemon import Daemon
@@ -83,57 +84,73 @@ class ScriptedSource:
 
 
 def records(start: int, stop: int) -> list[Record]:
+    """Events of 3 fields; every 50th far out, every 70th not JSON."""
     rng = np.random.default_rng(start)
-    return [
-        Record(TP.topic, TP.partition, offset, None, None,
-               json.dumps(dict(zip("abc", rng.normal(size=3).tolist(), strict=True))).encode())
-        for offset in range(start, stop)
-    ]  # fmt: skip
+    out = []
+    for offset in range(start, stop):
+        row = rng.normal(size=3) + (25.0 if offset % 50 == 49 else 0.0)
+        value = json.dumps(dict(zip("abc", row.tolist(), strict=True))).encode()
+        if offset % 70 == 69:
+            value = value[:-1]
+        out.append(Record(TP.topic, TP.partition, offset, None, None, value))
+    return out
 
 
-def daemon_with(source) -> Daemon:
+#: decoded in the loop, or (600 events: a large batch) by the child while the next poll runs
+BATCHES = pytest.mark.parametrize(
+    "n, decode_process", [(300, False), (600, True)], ids=["in-loop", "in-flight"]
+)
+
+
+def daemon_with(source, decode_process: bool = False) -> Daemon:
     config = parse_config(
         {
             "source": {"kind": "kafka", "kafka": {"topic": "events"}},
-            "features": {"fields": ["a", "b", "c"]},
+            "features": {"fields": ["a", "b", "c"], "decode_process": decode_process},
             "model": {"warmup": 50, "random_state": 0},
             "checkpoint": {"path": None, "interval_s": 3600},
             "metrics": {"port": 0},
         }
     )
-    sink = FileSink(stdout=io.BytesIO(), stderr=io.BytesIO())
+    outliers, dead_letters = io.BytesIO(), io.BytesIO()
+    sink = FileSink(stdout=outliers, stderr=dead_letters)
     daemon = Daemon(config, source=source, sink=sink, serve_metrics=False)
+    daemon.written = {"outliers": outliers, "dead_letter": dead_letters}
     source.daemon = daemon
     return daemon
 
 
-def test_partitions_lost_and_given_back_resume_where_the_model_is():
+@BATCHES
+def test_partitions_lost_and_given_back_resume_where_the_model_is(n, decode_process):
     """Evicted from the group (a frozen process, a broker restarted with its data) after
-    reading up to 300 while the group's committed offset is 100: when the partition comes
-    back, reading resumes at 300, not at 100 (the model already learnt 100..299)."""
+    reading up to n while the group's committed offset is 100: when the partition comes
+    back, reading resumes at n, not at 100 (the model already learnt 100..n-1), also
+    when the batch was still being decoded as the rebalance began."""
 
     def first(source):
         source.assign({TP})
-        return records(0, 300)
+        return records(0, n)
 
     def evicted_and_back(source):
         source.lose({TP})
         source.assign({TP})
 
     source = ScriptedSource([first, evicted_and_back], group_committed={TP: 100})
-    daemon = daemon_with(source)
+    daemon = daemon_with(source, decode_process)
     assert daemon.run() == 0
     assert source.seeks[0] == {TP: 100}  # first assignment: the group's offset
-    assert source.seeks[1] == {TP: 300}, "the lost partition must resume where the model is"
-    assert daemon.detector.n_seen == 300
+    assert source.seeks[1] == {TP: n}, "the lost partition must resume where the model is"
+    assert daemon.detector.n_seen == n - n // 70
 
 
-def test_partitions_revoked_and_given_back_resume_where_the_model_is():
-    """A revocation commits first; the partition then resumes at the committed position."""
+@BATCHES
+def test_partitions_revoked_and_given_back_resume_where_the_model_is(n, decode_process):
+    """A revocation commits first (the batch being decoded included); the partition then
+    resumes at the committed position."""
 
     def first(source):
         source.assign({TP})
-        return records(0, 120)
+        return records(0, n)
 
     def revoked_and_back(source):
         source.on_revoke({TP})
@@ -141,8 +158,37 @@ def test_partitions_revoked_and_given_back_resume_where_the_model_is():
         source.assign({TP})
 
     source = ScriptedSource([first, revoked_and_back])
-    daemon = daemon_with(source)
+    daemon = daemon_with(source, decode_process)
     assert daemon.run() == 0
-    assert source.commits[0] == {TP: 120}
-    assert source.seeks[-1] == {TP: 120}
-    assert daemon.detector.n_seen == 120
+    assert source.commits[0] == {TP: n}
+    assert source.seeks[-1] == {TP: n}
+    assert daemon.detector.n_seen == n - n // 70
+
+
+def test_decoding_in_a_child_changes_no_record_and_no_metric():
+    """The same batches through the daemon with and without the decoding process: the
+    same outliers (events embedded), dead letters, model and counts."""
+
+    def batches(source):
+        if not source.assigned:
+            source.assign({TP})
+        start = 700 * (3 - len(source.steps))
+        return records(start, start + 700)
+
+    runs = []
+    for decode_process in (False, True):
+        source = ScriptedSource([batches] * 4)
+        daemon = daemon_with(source, decode_process)
+        assert daemon.run() == 0
+        outliers = [json.loads(line) for line in daemon.written["outliers"].getvalue().splitlines()]
+        for record in outliers:
+            record.pop("detected_at")
+        dead = daemon.written["dead_letter"].getvalue()
+        counts = {s: daemon.metrics.events_total.labels(status=s)._value.get()
+                  for s in ("scored", "warmup", "invalid")}  # fmt: skip
+        runs.append((outliers, dead, daemon.detector.n_seen, counts,
+                     daemon.detector.model.means_.tobytes()))  # fmt: skip
+        assert daemon.metrics.decoder_failures_total._value.get() == 0
+    assert runs[0][0], "the stream has outliers to compare"
+    assert runs[0][1].count(b"\n") == 2800 // 70
+    assert runs[1] == runs[0]
