@@ -15,6 +15,7 @@ Exit codes: 0 success, 1 runtime failure, 2 bad configuration, input or checkpoi
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -65,6 +66,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("streamgmm").error("cannot start: %s", exc)
         return 2
     daemon.install_signal_handlers()
+    # What exists now (modules, model, clients) lives as long as the process: out of
+    # the collector's sight, the collections that kafka-python's many short-lived
+    # per-record objects trigger stay cheap (benchmarks/end_to_end.py: +10% events/s).
+    gc.freeze()
     return daemon.run()
 
 
