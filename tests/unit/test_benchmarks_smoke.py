@@ -156,3 +156,8 @@ def test_delay_quantiles_interpolate_within_buckets_as_prometheus_does():
     assert end_to_end.histogram_quantile(0.05, buckets) == pytest.approx(0.005)
     beyond = np.array([[0.1, 90.0], [np.inf, 100.0]])  # the last finite bound, as Prometheus
     assert end_to_end.histogram_quantile(0.99, beyond) == 0.1
+
+
+def test_end_to_end_reports_the_median_and_range_of_its_turns():
+    assert end_to_end.spread([0.7, 0.62, 0.81], ".2f") == "0.70 (0.62-0.81)"
+    assert end_to_end.spread([123456.0], ",.0f") == "123,456"
