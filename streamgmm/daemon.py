@@ -55,7 +55,7 @@ from .checkpoint import (
     remove_leftovers,
     save_state,
 )
-from .codec import Decoded, encode_dead_letter, encode_outlier, encode_score_records
+from .codec import encode_dead_letter, encode_outlier, encode_score_records
 from .config import Config
 from .decoder import ANSWER_TIMEOUT_S, Decoder, Pending, default_workers
 from .detector import BatchResult, Detector
@@ -479,11 +479,11 @@ class Daemon:
         while self._in_flight:
             if keep_one and len(self._in_flight) == 1 and self._in_flight[0][1].elsewhere:
                 return
-            records, pending = self._in_flight.popleft()
-            self._process(records, pending.result())
+            self._process(*self._in_flight.popleft())
 
-    def _process(self, records: list, decoded: Decoded) -> None:
+    def _process(self, records: list, pending: Pending) -> None:
         started = time.perf_counter()
+        decoded = pending.result()  # decoded here, or the child's answer
         self._send_dead_letters(records, decoded.errors)
         result = None
         if len(decoded.X):

@@ -175,28 +175,25 @@ class ParsedOnDemand(Sequence):
 
 
 class Pending:
-    """A batch handed to the decoder; :meth:`result` waits for its :class:`Decoded`."""
+    """A batch handed to the decoder; :meth:`result` decodes it or waits for the child."""
 
-    __slots__ = ("_decoded", "_finish", "values")
+    __slots__ = ("_decoded", "_finish", "_in_child", "values")
 
     def __init__(
-        self,
-        values: list,
-        decoded: Decoded | None = None,
-        finish: Callable[[Pending], Decoded] | None = None,
+        self, values: list, finish: Callable[[Pending], Decoded], in_child: bool = False
     ) -> None:
         self.values = values
-        self._decoded = decoded
         self._finish = finish
+        self._in_child = in_child
+        self._decoded: Decoded | None = None
 
     @property
     def elsewhere(self) -> bool:
         """True while the batch is being decoded by the child."""
-        return self._decoded is None
+        return self._in_child and self._decoded is None
 
     def result(self) -> Decoded:
         if self._decoded is None:
-            assert self._finish is not None
             self._decoded = self._finish(self)
         return self._decoded
 
@@ -323,14 +320,17 @@ class Decoder:
         """Start decoding ``values``; :meth:`Pending.result` gives the answer."""
         child = self._ready_child() if self.workers and len(values) >= MIN_BATCH else None
         if child is None:
-            return Pending(values, self.decode(values))
-        pending = Pending(values, finish=self._receive)
+            return Pending(values, self._decode_here)
+        pending = Pending(values, self._receive, in_child=True)
         self._waiting.append(pending)
         try:
             child.send(_pack_values(values))
         except ChildGone as exc:
             self._fail(str(exc))
         return pending
+
+    def _decode_here(self, pending: Pending) -> Decoded:
+        return self.decode(pending.values)
 
     def _receive(self, pending: Pending) -> Decoded:
         while pending._decoded is None:

@@ -217,7 +217,8 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.batch_duration_seconds = Histogram(
-            p + "batch_duration_seconds", "Time to decode, score, publish and learn one poll.",
+            p + "batch_duration_seconds", "Time to decode (or wait for the decoding process), "
+            "score, publish and learn one poll.",
             buckets=BATCH_DURATION_BUCKETS, registry=r,
         )  # fmt: skip
         self.event_delay_seconds = BatchHistogram(
