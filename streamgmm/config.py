@@ -401,7 +401,7 @@ class FeaturesConfig:
         _Bool(),
         None,
         "Decode large batches of JSON in a child process while the loop reads the next "
-        "(uses a second CPU; about 1.4x the events/s). null: when the process may use "
+        "(uses a second CPU; about 1.2x the events/s). null: when the process may use "
         "two CPUs or more.",
         nullable=True,
     )

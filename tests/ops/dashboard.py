@@ -65,13 +65,14 @@ DESIGN_METRICS = frozenset(
     + [f"streamgmm_{name}" for name in _GAUGES]
 )
 # Exported by streamgmm.metrics beyond DESIGN.md's list (readiness as a gauge, broker
-# errors by operation, outlier acknowledgement delay); the dashboard and alerts use
-# them, DESIGN.md should list them.
+# errors by operation, outlier acknowledgement delay, decoder restarts); the dashboard
+# and alerts use them, DESIGN.md should list them.
 EXTRA_METRICS = frozenset(
     {
         "streamgmm_ready",
         "streamgmm_broker_errors_total",
         "streamgmm_checkpoint_rejected",
+        "streamgmm_decoder_failures_total",
         *(f"streamgmm_outlier_delay_seconds{s}" for s in ("", "_bucket", "_sum", "_count")),
     }
 )
