@@ -319,12 +319,16 @@ class Decoder:
     def submit(self, values: list) -> Pending:
         """Start decoding ``values``; :meth:`Pending.result` gives the answer."""
         child = self._ready_child() if self.workers and len(values) >= MIN_BATCH else None
-        if child is None:
+        try:
+            frame = _pack_values(values) if child is not None else None
+        except TypeError:  # not bytes (a str from some custom source): the loop copes
+            frame = None
+        if child is None or frame is None:
             return Pending(values, self._decode_here)
         pending = Pending(values, self._receive, in_child=True)
         self._waiting.append(pending)
         try:
-            child.send(_pack_values(values))
+            child.send(frame)
         except ChildGone as exc:
             self._fail(str(exc))
         return pending

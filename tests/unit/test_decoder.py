@@ -147,3 +147,11 @@ def test_a_clean_batch_and_keys_json_cannot_encode_come_back_intact(child_decode
     got = child_decoder.submit(values).result()
     assert_same(got, decode_batch(values, FIELDS, KEY, MAX_BYTES))
     assert got.keys[3] == "\ud800 lone" and got.keys[4] == "é中"
+
+
+def test_values_that_are_not_bytes_are_decoded_in_the_loop(child_decoder):
+    values = [v.decode() if isinstance(v, bytes) and v.isascii() else v for v in batch(6)]
+    pending = child_decoder.submit(values)
+    assert not pending.elsewhere
+    assert_same(pending.result(), decode_batch(values, FIELDS, KEY, MAX_BYTES))
+    assert child_decoder.failures == []
