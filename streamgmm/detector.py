@@ -51,6 +51,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from .checkpoint import load_state, save_state
+from .defaults import MIN_WARMUP, MODEL_DEFAULTS
 from .gmm import Evaluation, OnlineGaussianMixture, RunningGaussian, _check_X
 from .threshold import QuantileThreshold, Threshold
 
@@ -180,6 +181,9 @@ class Quarantine:
 class Detector:
     """Streaming anomaly detector over an online Gaussian mixture.
 
+    The model's defaults come from :data:`streamgmm.defaults.MODEL_DEFAULTS`,
+    as those of the daemon's ``model`` section.
+
     Parameters
     ----------
     n_components : int or "auto"
@@ -231,24 +235,24 @@ class Detector:
 
     def __init__(
         self,
-        n_components: int | str = "auto",
-        covariance_type: str = "diag",
-        warmup: int = 500,
-        standardize: bool = True,
-        reg_covar: float = 0.05,
-        half_life: float | None = None,
-        learn_from_outliers: bool = False,
+        n_components: int | str = MODEL_DEFAULTS.n_components,
+        covariance_type: str = MODEL_DEFAULTS.covariance_type,
+        warmup: int = MODEL_DEFAULTS.warmup,
+        standardize: bool = MODEL_DEFAULTS.standardize,
+        reg_covar: float = MODEL_DEFAULTS.reg_covar,
+        half_life: float | None = MODEL_DEFAULTS.half_life,
+        learn_from_outliers: bool = MODEL_DEFAULTS.learn_from_outliers,
         threshold: Threshold | None = None,
-        max_components: int = 6,
+        max_components: int = MODEL_DEFAULTS.max_components,
         patience: int = 20000,
         regime_share: float = 0.1,
         warmup_trim: float = 0.05,
         min_component_share: float = 0.02,
         refits: int = 0,
-        random_state: int | None = None,
+        random_state: int | None = MODEL_DEFAULTS.random_state,
     ):
-        if int(warmup) < 2:
-            raise ValueError(f"warmup must be >= 2 events, got {warmup!r}")
+        if int(warmup) < MIN_WARMUP:
+            raise ValueError(f"warmup must be >= {MIN_WARMUP} events, got {warmup!r}")
         if not 0 <= min_component_share < 1:
             raise ValueError(f"min_component_share must be in [0, 1), got {min_component_share!r}")
         if not 0 < regime_share <= 1:

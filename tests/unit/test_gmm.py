@@ -5,6 +5,10 @@ from sklearn.mixture import GaussianMixture
 from streamgmm.checkpoint import CheckpointCorruptError
 from streamgmm.gmm import COVARIANCE_TYPES, OnlineGaussianMixture, batch_step
 
+# scikit-learn's default: where a test compares with its batch EM or with exact
+# variances, not the default 0.05 (a floor meant for standardised data)
+SKLEARN_REG_COVAR = 1e-6
+
 
 def rotated_mixture(rng, n, d=2, k=3, spread=6.0):
     means = rng.normal(0, spread, (k, d))
@@ -24,7 +28,9 @@ def test_one_pass_of_minibatches_matches_batch_em(covariance_type):
     train, held_out = data[:20000], data[20000:]
     batch = GaussianMixture(3, covariance_type=covariance_type, n_init=3, random_state=0)
     batch.fit(train)
-    online = OnlineGaussianMixture(3, covariance_type=covariance_type, random_state=0)
+    online = OnlineGaussianMixture(
+        3, covariance_type=covariance_type, reg_covar=SKLEARN_REG_COVAR, random_state=0
+    )
     for chunk in np.array_split(train, 10):
         online.partial_fit(chunk)
     assert abs(batch.score(held_out) - online.score(held_out)) < 0.02
@@ -34,7 +40,9 @@ def test_same_mean_clusters_with_different_radii_are_recovered():
     rng = np.random.default_rng(0)
     data = np.concatenate([rng.normal(0, 0.3, (4000, 2)), rng.normal(0, 3.0, (4000, 2))])
     data = data[rng.permutation(len(data))]
-    model = OnlineGaussianMixture(2, random_state=1)
+    model = OnlineGaussianMixture(
+        2, covariance_type="full", reg_covar=SKLEARN_REG_COVAR, random_state=1
+    )
     for chunk in np.array_split(data, 40):
         model.partial_fit(chunk)
     radii = np.sort(np.sqrt(model.covariances_.diagonal(axis1=1, axis2=2).mean(axis=1)))
@@ -212,8 +220,9 @@ def test_a_damaged_model_file_is_refused(tmp_path):
 def test_data_far_from_zero_keeps_its_variances(covariance_type):
     rng = np.random.default_rng(12)
     data = 1e8 + rng.normal(size=(6000, 2))
-    fitted = OnlineGaussianMixture(1, covariance_type=covariance_type, random_state=0).fit(data)
-    streamed = OnlineGaussianMixture(1, covariance_type=covariance_type, random_state=0)
+    params = dict(covariance_type=covariance_type, reg_covar=SKLEARN_REG_COVAR, random_state=0)
+    fitted = OnlineGaussianMixture(1, **params).fit(data)
+    streamed = OnlineGaussianMixture(1, **params)
     for chunk in np.array_split(data + 9e8, 12):
         streamed.partial_fit(chunk)
     for model in (fitted, streamed):
