@@ -335,8 +335,20 @@ class Detector:
         self.n_outliers += int(result.is_outlier.sum())
         return result
 
-    def score(self, X) -> np.ndarray:
-        """Outlier scores ``-log p(x)`` of a batch, learning nothing."""
+    def outlier_scores(self, X) -> np.ndarray:
+        """Outlier scores ``-log p(x)`` of a batch (higher is more anomalous), learning nothing.
+
+        The opposite sign of :meth:`OnlineGaussianMixture.score_samples`, in the
+        units of the input (the standardisation's Jacobian included).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_events, n_features)
+
+        Returns
+        -------
+        scores : array of shape (n_events,)
+        """
         X = _check_X(X, self.n_features)
         if not self.is_warmed_up:
             return -self._warm.score_samples(X)

@@ -85,7 +85,8 @@ class GMMDetector(AnomalyDetector):
         row = np.array(self._vector(x), dtype=np.float64)
         detector = self.detector
         if not detector.is_warmed_up or not np.isfinite(row).all():
-            return float(detector.score(row[None, :])[0])  # the checked path, with its errors
+            # the checked path, with its errors
+            return float(detector.outlier_scores(row[None, :])[0])
         standardizer = detector.standardizer
         z = (row - standardizer.mean) / standardizer.scale
         return standardizer.log_scale_sum - detector.model.log_likelihood_one(z)

@@ -210,3 +210,16 @@ def test_min_component_share_survives_a_checkpoint(tmp_path):
     restored = Detector.load(tmp_path / "d.npz")
     assert restored.min_component_share == 0.03
     assert restored.n_warmup_dropped == detector.n_warmup_dropped
+
+
+def test_outlier_scores_are_the_scores_process_gives_and_learn_nothing():
+    rng = np.random.default_rng(21)
+    detector = warmed(rng)
+    batch = np.concatenate([clusters(rng, 20), [[30.0, -30.0, 30.0]]])
+    before = detector.get_state()
+    scores = detector.outlier_scores(batch)
+    assert detector.n_seen == before["n_seen"]  # nothing learnt
+    result = detector.process(batch)
+    np.testing.assert_allclose(scores, result.score, rtol=1e-10)
+    assert scores.argmax() == len(batch) - 1  # higher is more anomalous
+    assert not hasattr(detector, "score")  # one name, one meaning: score is the model's mean
