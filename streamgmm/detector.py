@@ -292,7 +292,7 @@ class Detector:
 
     @property
     def n_features(self) -> int | None:
-        return self.model.n_features_in_
+        return getattr(self.model, "n_features_in_", None)
 
     def fingerprint(self, fields: list[str] | None = None) -> dict[str, Any]:
         """What a saved state is only valid for."""

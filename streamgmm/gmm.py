@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_array, validate_data
 
 from .checkpoint import load_state, save_state
 from .defaults import MIN_WARMUP, MODEL_DEFAULTS
@@ -47,16 +50,29 @@ _TINY = np.finfo(np.float64).tiny
 
 
 def _check_X(X: Any, n_features: int | None = None) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim == 1:
-        X = X.reshape(1, -1) if n_features is None or X.size == n_features else X.reshape(-1, 1)
-    if X.ndim != 2:
-        raise ValueError(f"expected a 2-D array of shape (n_samples, n_features), got {X.ndim}-D")
+    """X as a float64 array of shape (n_samples, n_features), or a ValueError saying why not.
+
+    scikit-learn's checks of the array itself (2-D: a 1-D array is refused, not
+    guessed; real numbers; dense), then :func:`_check_values`. Empty batches pass.
+    """
+    X = check_array(
+        X,
+        dtype=np.float64,
+        ensure_all_finite=False,
+        ensure_min_samples=0,
+        ensure_min_features=0,
+        input_name="X",
+    )
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(
             f"X has {X.shape[1]} features, but the model was fitted with {n_features}; "
             "send events with the same fields as before or start a new model"
         )
+    return _check_values(X)
+
+
+def _check_values(X: np.ndarray) -> np.ndarray:
+    """Refuse NaN, infinities and values too large to square, saying what to do."""
     if X.size and not np.isfinite(X).all():
         raise ValueError("X contains NaN or infinity; drop or repair those rows first")
     if X.size and np.abs(X).max() > MAX_ABS_INPUT:
@@ -65,6 +81,15 @@ def _check_X(X: Any, n_features: int | None = None) -> np.ndarray:
             "rescale the features (standardize=True does it)"
         )
     return X
+
+
+def _make_rng(random_state: Any) -> np.random.Generator:
+    """A fresh Generator from ``random_state``: None, an int, a Generator or a RandomState."""
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    return np.random.default_rng(random_state)
 
 
 # ---------------------------------------------------------------------------
@@ -151,11 +176,11 @@ def _precision_cholesky_diag(cov, reg):
 _precision_cholesky_spherical = _precision_cholesky_diag
 
 
-def _log_det_full(prec_chol):
+def _log_det_full(prec_chol, d):
     return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
 
 
-def _log_det_diag(prec_chol):
+def _log_det_diag(prec_chol, d):
     return np.log(prec_chol).sum(axis=1)
 
 
@@ -191,11 +216,11 @@ def _mahalanobis_sq_spherical(X, means, prec_chol):
     return (sq * precisions).clip(min=0.0)
 
 
-def _variances_full(cov):
+def _variances_full(cov, d):
     return np.diagonal(cov, axis1=1, axis2=2).copy()
 
 
-def _variances_diag(cov):
+def _variances_diag(cov, d):
     return cov.copy()
 
 
@@ -203,8 +228,21 @@ def _variances_spherical(cov, d):
     return np.repeat(cov[:, None], d, axis=1)
 
 
+def _n_params_full(d):
+    return d * (d + 1) / 2
+
+
+def _n_params_diag(d):
+    return d
+
+
+def _n_params_spherical(d):
+    return 1
+
+
 @dataclass(frozen=True)
 class _CovarianceOps:
+    # module-level functions only (no lambdas): a fitted model holds its ops and pickles
     batch_scatter: Any
     outer: Any
     add_reg: Any
@@ -221,20 +259,20 @@ _OPS = {
         _outer_full,
         _add_reg_full,
         _precision_cholesky_full,
-        lambda p, d: _log_det_full(p),
+        _log_det_full,
         _mahalanobis_sq_full,
-        lambda c, d: _variances_full(c),
-        lambda d: d * (d + 1) / 2,
+        _variances_full,
+        _n_params_full,
     ),
     "diag": _CovarianceOps(
         _batch_scatter_diag,
         _outer_diag,
         _add_reg_diag,
         _precision_cholesky_diag,
-        lambda p, d: _log_det_diag(p),
+        _log_det_diag,
         _mahalanobis_sq_diag,
-        lambda c, d: _variances_diag(c),
-        lambda d: d,
+        _variances_diag,
+        _n_params_diag,
     ),
     "spherical": _CovarianceOps(
         _batch_scatter_spherical,
@@ -244,7 +282,7 @@ _OPS = {
         _log_det_spherical,
         _mahalanobis_sq_spherical,
         _variances_spherical,
-        lambda d: 1,
+        _n_params_spherical,
     ),
 }
 
@@ -396,8 +434,15 @@ class Evaluation:
     mahalanobis_sq: np.ndarray
 
 
-class OnlineGaussianMixture:
+class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture model learnt online by stepwise EM.
+
+    A scikit-learn estimator: ``get_params``/``set_params``/``clone`` work, the
+    parameters are checked by ``fit`` and the first ``partial_fit`` (not by
+    the constructor), and ``fit`` twice with the same ``random_state`` gives
+    the same model. Until the warm-up is complete, ``partial_fit`` buffers and
+    ``score_samples`` answers with a running Gaussian of the events seen;
+    before any event, the estimator raises scikit-learn's ``NotFittedError``.
 
     The defaults shared with the :class:`~streamgmm.detector.Detector` and the
     daemon's ``model`` section come from :data:`streamgmm.defaults.MODEL_DEFAULTS`.
@@ -513,19 +558,45 @@ class OnlineGaussianMixture:
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # NaN and infinities are refused with our own message (drop or repair the rows)
+        tags.input_tags.allow_nan = False
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Fitted, or warming up: ``score_samples`` answers once any event was seen."""
+        return self.is_fitted or getattr(self, "_buffered", 0) > 0
+
+    def _reset(self) -> None:
+        """Check the parameters and start the state afresh (by fit and the first partial_fit)."""
         self._check_parameters()
-        self._rng = np.random.default_rng(random_state)
-        self._ops = _OPS[covariance_type]
+        for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+            self.__dict__.pop(name, None)
+        self._rng = _make_rng(self.random_state)
+        self._ops = _OPS[self.covariance_type]
         self.n_seen_ = 0
         self.n_reseeds_ = 0
         self.n_refits_ = 0
         self._reservoir: np.ndarray | None = None
         self._reservoir_seen = 0
         self._next_refit = 0
-        self.n_features_in_: int | None = None
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
-        self._warm = RunningGaussian(reg_covar)
+        self._warm = RunningGaussian(self.reg_covar)
+
+    def _validate(self, X: Any, *, reset: bool, ensure_min_samples: int = 0) -> np.ndarray:
+        """scikit-learn's input checks (shape, dtype, feature count and names), then ours."""
+        X = validate_data(
+            self,
+            X,
+            reset=reset,
+            dtype=np.float64,
+            ensure_all_finite=False,
+            ensure_min_samples=ensure_min_samples,
+        )
+        return _check_values(X)
 
     # -- parameters -------------------------------------------------------
 
@@ -573,17 +644,21 @@ class OnlineGaussianMixture:
 
     # -- batch EM ---------------------------------------------------------
 
-    def fit(self, X) -> OnlineGaussianMixture:
+    def fit(self, X, y=None) -> OnlineGaussianMixture:
         """Fit by batch EM from k-means++ starts (choosing K by BIC if ``"auto"``).
 
         Resets the sufficient statistics to those of X; later ``partial_fit``
         calls continue from them as if X had been the start of the stream
         (X also starts the reservoir of the refit schedule).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
         """
-        X = _check_X(X)
-        if X.shape[0] == 0:
-            raise ValueError("fit needs at least one sample")
-        self.n_features_in_ = X.shape[1]
+        self._check_parameters()
+        X = self._validate(X, reset=True, ensure_min_samples=1)
+        self._reset()
         self._set_statistics(*self._select(X))
         self.n_seen_ = X.shape[0]
         self._buffer, self._buffered = [], 0
@@ -607,7 +682,7 @@ class OnlineGaussianMixture:
         if self.trim > 0 and X.shape[0] > 1:
             # trimmed likelihood: the least likely events do not get a component of their own
             self._set_statistics(*best)
-            log_likelihood = self.score_samples(X)
+            log_likelihood = self._evaluate(X).log_likelihood
             kept = X[log_likelihood >= np.quantile(log_likelihood, self.trim)]
             trimmed, self.trim = self.trim, 0.0
             try:
@@ -636,14 +711,14 @@ class OnlineGaussianMixture:
             resp[np.arange(X.shape[0]), labels] = 1.0
         else:  # from given statistics (s0, means, scatter)
             self._set_statistics(*start)
-            resp = self.evaluate(X).responsibilities
+            resp = self._evaluate(X).responsibilities
         previous = -np.inf
         mean_loglik = -np.inf
         for _ in range(self.max_iter):
             s0, means, scatter = self._batch_statistics(X, resp)
             s0, means, scatter = self._reseed_empty(X, resp, s0, means, scatter)
             self._set_statistics(s0, means, scatter)
-            evaluation = self.evaluate(X)
+            evaluation = self._evaluate(X)
             resp = evaluation.responsibilities
             mean_loglik = float(evaluation.log_likelihood.mean())
             if abs(mean_loglik - previous) < self.tol:
@@ -652,7 +727,7 @@ class OnlineGaussianMixture:
         s0, means, scatter = self._batch_statistics(X, resp)
         s0, means, scatter = self._reseed_empty(X, resp, s0, means, scatter)
         self._set_statistics(s0, means, scatter)
-        mean_loglik = float(self.evaluate(X).log_likelihood.mean())
+        mean_loglik = float(self._evaluate(X).log_likelihood.mean())
         return s0, means, scatter, mean_loglik
 
     def _batch_statistics(self, X: np.ndarray, resp: np.ndarray):
@@ -677,7 +752,11 @@ class OnlineGaussianMixture:
     # -- stepwise EM ------------------------------------------------------
 
     def partial_fit(self, X, y=None) -> OnlineGaussianMixture:
-        """One stepwise EM update with the batch X of shape (n_samples, n_features)."""
+        """One stepwise EM update with the batch X of shape (n_samples, n_features).
+
+        The first call (without a ``fit`` before it) checks the parameters and
+        starts the model; the first ``warmup`` events are buffered, then fitted.
+        """
         self.score_then_learn(X)
         return self
 
@@ -690,7 +769,12 @@ class OnlineGaussianMixture:
         -------
         log_likelihood : array of shape (n_samples,)
         """
-        X = _check_X(X, self.n_features_in_)
+        first = not hasattr(self, "_rng")
+        if first:
+            self._check_parameters()
+        X = self._validate(X, reset=first)
+        if first:
+            self._reset()
         out = np.empty(X.shape[0])
         start = 0
         if not self.is_fitted:
@@ -791,7 +875,7 @@ class OnlineGaussianMixture:
         replaced : array of int, the indices of the new components.
         """
         self._check_fitted()
-        X = _check_X(X, self.n_features_in_)
+        X = self._validate(X, reset=False, ensure_min_samples=1)
         n_old = len(self._s0)
         local = OnlineGaussianMixture(
             n_components="auto",
@@ -855,15 +939,17 @@ class OnlineGaussianMixture:
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
-            raise RuntimeError(
+            raise NotFittedError(
                 f"the mixture is not fitted yet: it needs {self.warmup} warm-up events "
-                f"({self._buffered} seen) or a call to fit(X)"
+                f"({getattr(self, '_buffered', 0)} seen) or a call to fit(X)"
             )
 
     def evaluate(self, X) -> Evaluation:
         """One E-step: log-likelihoods, responsibilities and Mahalanobis distances."""
         self._check_fitted()
-        X = _check_X(X, self.n_features_in_)
+        return self._evaluate(self._validate(X, reset=False))
+
+    def _evaluate(self, X: np.ndarray) -> Evaluation:
         weighted, maha_sq = self._weighted_log_prob(X)
         log_likelihood = _logsumexp_rows(weighted)
         resp = np.exp(weighted - log_likelihood[:, None])
@@ -903,14 +989,21 @@ class OnlineGaussianMixture:
     def score_samples(self, X) -> np.ndarray:
         """Log-likelihood of each row: array of shape (n_samples,).
 
-        Before the warm-up is complete, the single running Gaussian's.
+        Before the warm-up is complete, the single running Gaussian's; before
+        any event, ``NotFittedError``.
         """
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"this {type(self).__name__} has seen no event yet: call fit(X) or "
+                "partial_fit(X) first"
+            )
+        X = self._validate(X, reset=False)
         if not self.is_fitted:
-            return self._warm.score_samples(_check_X(X, self.n_features_in_))
-        return self.evaluate(X).log_likelihood
+            return self._warm.score_samples(X)
+        return self._evaluate(X).log_likelihood
 
     def score(self, X, y=None) -> float:
-        """Mean log-likelihood of X."""
+        """Mean log-likelihood of X (scikit-learn's ``score``: higher is more likely)."""
         return float(self.score_samples(X).mean())
 
     def predict_proba(self, X) -> np.ndarray:
@@ -932,8 +1025,9 @@ class OnlineGaussianMixture:
             ``contributions`` : array of shape (n_samples, n_features), the
             standardised residuals ``(x_j - mu_k*j) / sqrt(Sigma_k*jj)``.
         """
-        X = _check_X(X, self.n_features_in_)
-        evaluation = evaluation if evaluation is not None else self.evaluate(X)
+        self._check_fitted()
+        X = self._validate(X, reset=False)
+        evaluation = evaluation if evaluation is not None else self._evaluate(X)
         best = evaluation.responsibilities.argmax(axis=1)
         rows = np.arange(X.shape[0])
         variances = self._ops.variances(self.covariances_, self.n_features_in_)
@@ -946,42 +1040,21 @@ class OnlineGaussianMixture:
 
     # -- persistence -------------------------------------------------------
 
-    _PARAMS = (
-        "n_components",
-        "covariance_type",
-        "reg_covar",
-        "warmup",
-        "step_alpha",
-        "step_t0",
-        "step_min",
-        "half_life",
-        "max_components",
-        "weight_floor",
-        "n_init",
-        "refits",
-        "reservoir_size",
-        "trim",
-        "max_iter",
-        "tol",
-        "random_state",
-    )
-
-    def get_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._PARAMS}
-
     def get_state(self) -> dict[str, Any]:
         """Everything needed to resume exactly: parameters, statistics, counters, RNG."""
+        if not hasattr(self, "_rng"):  # nothing learnt yet: the state a first partial_fit starts
+            self._reset()
         state: dict[str, Any] = {
             "params": {
                 k: (v.item() if isinstance(v, np.generic) else v)
-                for k, v in self.get_params().items()
+                for k, v in self.get_params(deep=False).items()
             },
             "n_seen": int(self.n_seen_),
             "n_reseeds": int(self.n_reseeds_),
             "n_refits": int(self.n_refits_),
             "reservoir_seen": int(self._reservoir_seen),
             "next_refit": int(self._next_refit),
-            "n_features": self.n_features_in_,
+            "n_features": getattr(self, "n_features_in_", None),
             "rng": self._rng.bit_generator.state,
             "warm": self._warm.get_state(),
         }
@@ -996,6 +1069,7 @@ class OnlineGaussianMixture:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> OnlineGaussianMixture:
         model = cls(**state["params"])
+        model._reset()
         model.n_seen_ = int(state["n_seen"])
         model.n_reseeds_ = int(state["n_reseeds"])
         model.n_refits_ = int(state["n_refits"])
@@ -1003,7 +1077,8 @@ class OnlineGaussianMixture:
         model._next_refit = int(state["next_refit"])
         if "reservoir" in state:
             model._reservoir = np.array(state["reservoir"], dtype=np.float64)
-        model.n_features_in_ = state["n_features"]
+        if state["n_features"] is not None:
+            model.n_features_in_ = int(state["n_features"])
         model._rng.bit_generator.state = state["rng"]
         model._warm = RunningGaussian.from_state(state["warm"])
         if "buffer" in state:
@@ -1017,7 +1092,7 @@ class OnlineGaussianMixture:
         return {
             "n_components": self.n_components,
             "covariance_type": self.covariance_type,
-            "n_features": self.n_features_in_,
+            "n_features": getattr(self, "n_features_in_", None),
         }
 
     def save(self, path: str | os.PathLike) -> None:

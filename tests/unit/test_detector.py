@@ -223,3 +223,16 @@ def test_outlier_scores_are_the_scores_process_gives_and_learn_nothing():
     np.testing.assert_allclose(scores, result.score, rtol=1e-10)
     assert scores.argmax() == len(batch) - 1  # higher is more anomalous
     assert not hasattr(detector, "score")  # one name, one meaning: score is the model's mean
+
+
+def test_a_detector_pickles_and_its_copy_answers_the_same():
+    import pickle
+
+    rng = np.random.default_rng(22)
+    detector = warmed(rng)
+    copy = pickle.loads(pickle.dumps(detector))
+    batch = np.concatenate([clusters(rng, 200), [[30.0, -30.0, 30.0]]])
+    np.testing.assert_array_equal(copy.outlier_scores(batch), detector.outlier_scores(batch))
+    ours, theirs = detector.process(batch), copy.process(batch)
+    np.testing.assert_array_equal(theirs.score, ours.score)
+    np.testing.assert_array_equal(theirs.is_outlier, ours.is_outlier)

@@ -1,5 +1,9 @@
+import pickle
+
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.mixture import GaussianMixture
 
 from streamgmm.checkpoint import CheckpointCorruptError
@@ -163,16 +167,60 @@ def test_starved_component_is_reseeded():
 
 def test_bad_input_gets_a_clear_error():
     model = OnlineGaussianMixture(1).fit(np.random.default_rng(0).normal(size=(100, 2)))
-    with pytest.raises(ValueError, match="fitted with 2"):
+    with pytest.raises(
+        ValueError, match="X has 5 features, but OnlineGaussianMixture is expecting 2"
+    ):
         model.score_samples(np.zeros((3, 5)))
-    with pytest.raises(ValueError, match="NaN or infinity"):
+    with pytest.raises(ValueError, match="NaN or infinity; drop or repair"):
         model.partial_fit(np.array([[np.nan, 1.0]]))
-    with pytest.raises(ValueError, match="covariance_type"):
-        OnlineGaussianMixture(covariance_type="ful")
-    with pytest.raises(ValueError, match="step_alpha"):
-        OnlineGaussianMixture(step_alpha=0.3)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(ValueError, match=r"beyond ±1e\+100.*rescale"):
+        model.score_samples(np.array([[1e200, 1.0]]))
+    with pytest.raises(ValueError, match=r"(?s)Expected 2D array, got 1D array instead.*Reshape"):
+        model.score_samples(np.zeros(2))  # one event or two? refused, not guessed
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        model.score_samples(np.zeros((1, 2), dtype=complex))
+    with pytest.raises(NotFittedError, match="not fitted yet: it needs 10 warm-up events"):
         OnlineGaussianMixture(warmup=10).predict(np.zeros((1, 2)))
+    with pytest.raises(NotFittedError, match="call fit"):
+        OnlineGaussianMixture().score_samples(np.zeros((1, 2)))
+
+
+def test_parameters_are_checked_by_fit_not_by_the_constructor():
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    model = OnlineGaussianMixture(covariance_type="ful")  # stored as given, like scikit-learn
+    assert model.get_params()["covariance_type"] == "ful"
+    with pytest.raises(ValueError, match="covariance_type must be one of full, diag, spherical"):
+        model.fit(X)
+    with pytest.raises(ValueError, match="step_alpha"):
+        OnlineGaussianMixture(step_alpha=0.3).partial_fit(X)
+    assert OnlineGaussianMixture(1).set_params(covariance_type="full").fit(X).covariances_.ndim == 3
+
+
+def test_fit_twice_with_the_same_random_state_gives_the_same_model():
+    X = np.random.default_rng(3).normal(size=(300, 2))
+    model = OnlineGaussianMixture(n_components=3, random_state=7)
+    first = model.fit(X).means_.copy()
+    np.testing.assert_array_equal(model.fit(X).means_, first)
+    np.testing.assert_array_equal(clone(model).fit(X).means_, first)
+
+
+def test_warm_up_scores_with_the_running_gaussian_before_the_mixture_exists():
+    model = OnlineGaussianMixture(warmup=100)
+    model.partial_fit(np.random.default_rng(0).normal(size=(10, 2)))
+    assert not model.is_fitted
+    scores = model.score_samples([[0.0, 0.0], [8.0, 8.0]])
+    assert scores[0] > scores[1]
+    with pytest.raises(NotFittedError, match="10 seen"):
+        model.predict([[0.0, 0.0]])
+
+
+def test_a_fitted_model_pickles_and_scores_the_same():
+    X = np.random.default_rng(4).normal(size=(400, 3))
+    for covariance_type in COVARIANCE_TYPES:
+        model = OnlineGaussianMixture(covariance_type=covariance_type, random_state=0).fit(X)
+        copy = pickle.loads(pickle.dumps(model))
+        np.testing.assert_array_equal(copy.score_samples(X), model.score_samples(X))
+        np.testing.assert_array_equal(copy.score_then_learn(X), model.score_then_learn(X))
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
