@@ -813,7 +813,7 @@ def encode_score_records(
     keys: Sequence[str | None],
     log_likelihood: Sequence[float] | np.ndarray,
     score: Sequence[float] | np.ndarray,
-    threshold: float,
+    threshold: float | Sequence[float] | np.ndarray,
     outlier: Sequence[bool] | np.ndarray,
     component: Sequence[int] | np.ndarray,
     responsibilities: Sequence[Sequence[float]] | np.ndarray,
@@ -824,6 +824,8 @@ def encode_score_records(
     Parameters
     ----------
     log_likelihood, score : array-like of shape (n,)
+    threshold : float or array-like of shape (n,)
+        The threshold in force for each event (one for all, or one each).
     outlier : array-like of shape (n,), bool
     component : array-like of shape (n,), int
     responsibilities : array-like of shape (n, n_components)
@@ -832,7 +834,7 @@ def encode_score_records(
     sc = _floats(score)
     resp = np.asarray(responsibilities, dtype=np.float64)
     resp_rows = resp.tolist() if np.isfinite(resp).all() else [_floats(r) for r in resp]
-    thr = _float(threshold)
+    thr = _floats(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(ll),)))
     flags = np.asarray(outlier, dtype=bool).tolist()
     comps = np.asarray(component).astype(int).tolist()
     seen = int(model_events_seen)
@@ -846,7 +848,7 @@ def encode_score_records(
             keys[i],
             ll[i],
             sc[i],
-            thr,
+            thr[i],
             flags[i],
             comps[i],
             resp_rows[i],

@@ -520,7 +520,7 @@ class Daemon:
                 topic=record.topic, partition=record.partition, offset=record.offset,
                 timestamp_ms=record.timestamp, key=key, event=decoded.events[row],
                 log_likelihood=result.log_likelihood[row], score=result.score[row],
-                threshold=result.threshold, component=result.component[row],
+                threshold=result.threshold[row], component=result.component[row],
                 responsibilities=result.responsibilities[row],
                 mahalanobis=result.mahalanobis[row],
                 contributions=dict(zip(self.fields, result.contributions[row].tolist(),
@@ -583,8 +583,8 @@ class Daemon:
 
     def _publish_model_metrics(self, result: BatchResult | None) -> None:
         detector = self.detector
-        if result is not None and math.isfinite(result.threshold):
-            self.metrics.threshold.set(result.threshold)
+        if detector.is_warmed_up and math.isfinite(detector.threshold.value):
+            self.metrics.threshold.set(detector.threshold.value)
         if detector.is_warmed_up:
             self.metrics.set_components(detector.model.weights_)
             reseeds = detector.model.n_reseeds_

@@ -108,7 +108,7 @@ def _printer(fields: list[str], caught: dict[str, int]):
             values = " ".join(f"{f}={event.get(f)}" for f in fields)
             print(
                 f"OUTLIER [{mark}] {event.get('host', '?'):8s} {values:45s} "
-                f"score {result.score[row]:6.1f} > {result.threshold:5.1f}  "
+                f"score {result.score[row]:6.1f} > {result.threshold[row]:5.1f}  "
                 f"odd: {fields[worst]} ({residuals[worst]:+.1f} sd)",
                 flush=True,
             )

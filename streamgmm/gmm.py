@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import optimize, stats
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import NotFittedError
-from sklearn.utils.validation import check_array, validate_data
+from sklearn.utils.validation import validate_data
 
 from .checkpoint import load_state, save_state
 from .defaults import MIN_WARMUP, MODEL_DEFAULTS
@@ -47,28 +48,6 @@ _TINY = np.finfo(np.float64).tiny
 
 # ---------------------------------------------------------------------------
 # input checks
-
-
-def _check_X(X: Any, n_features: int | None = None) -> np.ndarray:
-    """X as a float64 array of shape (n_samples, n_features), or a ValueError saying why not.
-
-    scikit-learn's checks of the array itself (2-D: a 1-D array is refused, not
-    guessed; real numbers; dense), then :func:`_check_values`. Empty batches pass.
-    """
-    X = check_array(
-        X,
-        dtype=np.float64,
-        ensure_all_finite=False,
-        ensure_min_samples=0,
-        ensure_min_features=0,
-        input_name="X",
-    )
-    if n_features is not None and X.shape[1] != n_features:
-        raise ValueError(
-            f"X has {X.shape[1]} features, but the model was fitted with {n_features}; "
-            "send events with the same fields as before or start a new model"
-        )
-    return _check_values(X)
 
 
 def _check_values(X: np.ndarray) -> np.ndarray:
@@ -351,10 +330,37 @@ def _kmeans_labels(X: np.ndarray, centers: np.ndarray, n_iter: int = 10) -> np.n
 # the warm-up scorer
 
 
+@dataclass(frozen=True)
+class WarmupScores:
+    """What the warm-up Gaussian says about each event of a batch.
+
+    Attributes
+    ----------
+    log_likelihood : array of shape (n_samples,)
+    distance_sq : array of shape (n_samples,)
+        Squared standardised distance to the running mean.
+    centred : array of shape (n_samples, n_features)
+        Per-feature standardised residuals.
+    flagged : array of shape (n_samples,), bool
+        Too far out to be learnt (see :meth:`RunningGaussian.score_then_update`).
+    threshold : array of shape (n_samples,)
+        The score ``-log_likelihood`` above which the row would have been flagged
+        (NaN where it could not be: too early in the warm-up).
+    """
+
+    log_likelihood: np.ndarray
+    distance_sq: np.ndarray
+    centred: np.ndarray
+    flagged: np.ndarray
+    threshold: np.ndarray
+
+
 class RunningGaussian:
-    """Diagonal Gaussian of everything seen so far: the honest score before a mixture exists.
+    """Diagonal Gaussian of the events seen so far: the honest score before a mixture exists.
 
     Batches are merged with Chan's parallel variance formula (exact, stable).
+    :meth:`score_then_update` scores each event under the Gaussian of the events
+    before it, so its answers do not depend on how the stream is cut into batches.
 
     >>> g = RunningGaussian()
     >>> g.update(np.array([[0.0], [2.0]])); g.update(np.array([[4.0]]))
@@ -362,7 +368,7 @@ class RunningGaussian:
     ([2.0], [2.6666666666666665])
     """
 
-    def __init__(self, reg_covar: float = 1e-6):
+    def __init__(self, reg_covar: float = 1e-12):
         self.reg_covar = reg_covar
         self.count = 0
         self.mean: np.ndarray | None = None
@@ -386,15 +392,89 @@ class RunningGaussian:
         self._m2 = self._m2 + batch_m2 + delta**2 * self.count * X.shape[0] / total
         self.count = total
 
+    def _floored(self, mean: np.ndarray, variance: np.ndarray, count) -> np.ndarray:
+        var = variance + self.reg_covar + 1e-10 * mean**2
+        return np.where(np.asarray(count)[..., None] < 2, np.maximum(var, 1.0), var)
+
     def score_samples(self, X: np.ndarray) -> np.ndarray:
-        """Log-density of each row; before two events, a unit variance around what is known."""
+        """Log-density of each row under the current Gaussian (a unit one before two events)."""
         if self.count == 0:
-            mean, var = X.mean(axis=0), np.ones(X.shape[1])
-        else:
-            mean, var = self.mean, self.variance + self.reg_covar + 1e-10 * self.mean**2
-            if self.count < 2:
-                var = np.maximum(var, 1.0)
-        return -0.5 * (X.shape[1] * _LOG_2PI + np.log(var).sum() + (((X - mean) ** 2) / var).sum(1))
+            return np.full(X.shape[0], -0.5 * X.shape[1] * _LOG_2PI)
+        var = self._floored(self.mean, self.variance, self.count)
+        distance_sq = (((X - self.mean) ** 2) / var).sum(axis=1)
+        return -0.5 * (X.shape[1] * _LOG_2PI + np.log(var).sum() + distance_sq)
+
+    def score_then_update(
+        self, X: np.ndarray, flag_after: int | None = None, flag_distance_sq: float = math.inf
+    ) -> WarmupScores:
+        """Score each row under the Gaussian of the rows kept before it, then keep it.
+
+        Rows whose squared standardised distance exceeds ``flag_distance_sq``, once
+        ``flag_after`` rows are kept, are flagged and not kept; so are rows with a
+        value beyond ``MAX_ABS_INPUT`` (they cannot be squared), whatever the count.
+        Exact per row, vectorised with prefix sums: one pass, plus one per flagged row.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features), finite
+        """
+        n, d = X.shape
+        log_likelihood = np.empty(n)
+        distance_sq = np.empty(n)
+        centred = np.empty((n, d))
+        flaggable = np.zeros(n, dtype=bool)
+        flagged = np.zeros(n, dtype=bool)
+        huge = np.abs(X).max(axis=1, initial=0.0) > MAX_ABS_INPUT
+        start = 0
+        while start < n:
+            rows = slice(start, n)
+            scores = self._prefix_scores(X[rows], huge[rows])
+            can_flag = scores[3] >= (math.inf if flag_after is None else flag_after)
+            bad = huge[rows] | (can_flag & (scores[1] > flag_distance_sq))
+            stop = n if not bad.any() else start + int(np.argmax(bad)) + 1
+            done = slice(start, stop)
+            log_likelihood[done], distance_sq[done], centred[done] = (
+                s[: stop - start] for s in scores[:3]
+            )
+            flaggable[done] = can_flag[: stop - start]
+            if bad.any():
+                flagged[stop - 1] = True
+                self.update(X[start : stop - 1])
+            else:
+                self.update(X[start:stop])
+            start = stop
+        # the score at which each row would have been flagged: its own, moved along the
+        # chi-square distance to the critical one
+        with np.errstate(invalid="ignore"):
+            threshold = np.where(
+                flaggable, -log_likelihood + 0.5 * (flag_distance_sq - distance_sq), np.nan
+            )
+        return WarmupScores(log_likelihood, distance_sq, centred, flagged, threshold)
+
+    def _prefix_scores(self, X: np.ndarray, huge: np.ndarray):
+        """Scores of each row under the running Gaussian of all the rows before it."""
+        n, d = X.shape
+        ref = self.mean if self.count else X[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = np.where(huge[:, None], 0.0, X - ref)
+            before = np.zeros((n, d))
+            np.cumsum(y[:-1], axis=0, out=before[1:])
+            before_sq = np.zeros((n, d))
+            np.cumsum(y[:-1] ** 2, axis=0, out=before_sq[1:])
+            count = self.count + np.arange(n)
+            safe = np.maximum(count, 1)[:, None]
+            mean = ref + before / safe
+            m2 = (self._m2 if self.count else 0.0) + before_sq - before**2 / safe
+            variance = np.maximum(m2, 0.0) / safe
+            first = count[:, None] == 0  # the first event of all: a unit Gaussian on itself
+            mean = np.where(first, X, mean)
+            var = np.where(first, 1.0, self._floored(mean, variance, count))
+            diff = np.clip(X - mean, -MAX_ABS_INPUT, MAX_ABS_INPUT)
+            z_sq = diff**2 / var
+            centred = diff / np.sqrt(var)
+            distance_sq = z_sq.sum(axis=1)
+            log_likelihood = -0.5 * (d * _LOG_2PI + np.log(var).sum(axis=1) + distance_sq)
+        return log_likelihood, distance_sq, centred, count
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"count": self.count, "reg_covar": self.reg_covar}
@@ -565,6 +645,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         tags.input_tags.allow_nan = False
         return tags
 
+    @property
+    def _started(self) -> bool:
+        """Whether fit or a first partial_fit has started the state (see ``_reset``)."""
+        return hasattr(self, "_rng")
+
     def __sklearn_is_fitted__(self) -> bool:
         """Fitted, or warming up: ``score_samples`` answers once any event was seen."""
         return self.is_fitted or getattr(self, "_buffered", 0) > 0
@@ -584,7 +669,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._next_refit = 0
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
-        self._warm = RunningGaussian(self.reg_covar)
+        self._warm = RunningGaussian()
 
     def _validate(self, X: Any, *, reset: bool, ensure_min_samples: int = 0) -> np.ndarray:
         """scikit-learn's input checks (shape, dtype, feature count and names), then ours."""
@@ -769,7 +854,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         -------
         log_likelihood : array of shape (n_samples,)
         """
-        first = not hasattr(self, "_rng")
+        first = not self._started
         if first:
             self._check_parameters()
         X = self._validate(X, reset=first)
@@ -781,7 +866,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             start = min(X.shape[0], max(int(self.warmup) - self._buffered, 0))
             out[:start] = self._warmup_score_then_buffer(X[:start])
             if self._buffered >= int(self.warmup):
-                self.fit(np.concatenate(self._buffer))
+                self._fit_warmup_buffer()
         if start < X.shape[0]:
             rest = X[start:]
             evaluation = self.evaluate(rest)
@@ -908,14 +993,83 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     # -- warm-up scorer ---------------------------------------------------
 
     def _warmup_score_then_buffer(self, X: np.ndarray) -> np.ndarray:
-        if X.shape[0] == 0:
-            return np.empty(0)
+        return self.warmup_step(X).log_likelihood
+
+    def warmup_step(
+        self, X: np.ndarray, flag_after: int | None = None, flag_probability: float = 0.0
+    ) -> WarmupScores:
+        """Score warm-up events one by one under the Gaussian of those before, and buffer them.
+
+        Once ``flag_after`` events are buffered, an event beyond the chi-square
+        ``flag_probability`` tail of that Gaussian is flagged and not buffered: far
+        out even for one broad Gaussian of everything seen, it would win a component
+        of its own. An event with a value beyond ``MAX_ABS_INPUT`` is never buffered.
+        The answers are the same however the warm-up is cut into batches.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features), at most the events the warm-up still needs
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if not self._started:
+            self._check_parameters()
+            self._reset()
         self.n_features_in_ = X.shape[1]
-        scores = self._warm.score_samples(X)
-        self._warm.update(X)
-        self._buffer.append(X.copy())
+        critical = (
+            float(stats.chi2.isf(flag_probability, X.shape[1])) if flag_probability else math.inf
+        )
+        scores = self._warm.score_then_update(X, flag_after, critical)
+        kept = X[~scores.flagged]
+        if len(kept):
+            self._buffer.append(kept.copy())
         self._buffered += X.shape[0]
         return scores
+
+    def _fit_warmup_buffer(self) -> None:
+        buffer = self.warmup_buffer()
+        if len(buffer):
+            self.fit(buffer)
+        else:  # every warm-up event was flagged: the warm-up starts again
+            self._buffered = 0
+
+    def score_quantile(self, q: float) -> float:
+        """The q-quantile of the scores ``-log p(x)`` the model predicts for its own events.
+
+        A point of component k scores ``c_k + m / 2`` at most, with
+        ``c_k = -log w_k + log sqrt(|2 pi Sigma_k|)`` and ``m`` its squared
+        Mahalanobis distance, chi-square with d degrees of freedom; solving
+        ``sum_k w_k P(chi2_d > 2 (t - c_k)) = 1 - q`` for t gives a quantile that
+        depends on the fitted model only, not on any events (nor anomalies among them).
+        """
+        self._check_fitted()
+        d = self.n_features_in_
+        offsets = -self._log_const
+        weights = self.weights_
+
+        def excess(t: float) -> float:
+            return float(weights @ stats.chi2.sf(2.0 * np.maximum(t - offsets, 0.0), d)) - (1 - q)
+
+        low = float(offsets.min())
+        high = float(offsets.max() + stats.chi2.isf((1 - q) / 2, d))
+        while excess(high) > 0:
+            high += high - low + 1.0
+        return float(optimize.brentq(excess, low, high, xtol=1e-6))
+
+    @property
+    def warmup_remaining(self) -> int:
+        """Events the warm-up still needs before the first fit (0 once fitted)."""
+        return 0 if self.is_fitted else max(int(self.warmup) - getattr(self, "_buffered", 0), 0)
+
+    def warmup_buffer(self) -> np.ndarray:
+        """The buffered (not flagged) warm-up events: array of shape (n_kept, n_features)."""
+        if not getattr(self, "_buffer", None):
+            return np.empty((0, getattr(self, "n_features_in_", 0)))
+        return np.concatenate(self._buffer)
+
+    @property
+    def warmup_scorer(self) -> RunningGaussian:
+        """The running Gaussian that scores the warm-up (an empty one before any event)."""
+        return self._warm if self._started else RunningGaussian()
 
     # -- parameters from statistics --------------------------------------
 
@@ -1042,7 +1196,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to resume exactly: parameters, statistics, counters, RNG."""
-        if not hasattr(self, "_rng"):  # nothing learnt yet: the state a first partial_fit starts
+        if not self._started:  # nothing learnt yet: the state a first partial_fit starts
             self._reset()
         state: dict[str, Any] = {
             "params": {

@@ -43,7 +43,7 @@ def test_first_score_before_anything_is_learnt_is_zero():
 
 
 def test_missing_feature_counts_as_zero():
-    model = GMMDetector(warmup=20, learn_batch_size=1)
+    model = GMMDetector(warmup=20, micro_batch=1)
     for x in stream(np.random.default_rng(3), 100):
         model.learn_one(x)
     assert np.isfinite(model.score_one({"x0": 0.0}))
