@@ -673,6 +673,23 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _validate(self, X: Any, *, reset: bool, ensure_min_samples: int = 0) -> np.ndarray:
         """scikit-learn's input checks (shape, dtype, feature count and names), then ours."""
+        if (
+            not reset
+            and type(X) is np.ndarray
+            and X.dtype == np.float64
+            and X.ndim == 2
+            and X.shape[0] >= ensure_min_samples
+            and hasattr(self, "n_features_in_")
+            and not hasattr(self, "feature_names_in_")
+        ):
+            # the streaming path (a float64 array from the detector): the same answers as
+            # validate_data's without its cost, tens of microseconds per call
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+            return _check_values(X)
         X = validate_data(
             self,
             X,
