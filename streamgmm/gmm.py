@@ -899,7 +899,8 @@ class OnlineGaussianMixture:
         kept = np.sort(np.argsort(self._s0)[::-1][: max(max_components - n_new, 0)])
         weight = 1.0 if len(kept) == 0 else weight
         new_s0 = local._s0[:n_new] / local._s0[:n_new].sum()
-        s0 = np.concatenate([(1.0 - weight) * self._s0[kept] / self._s0[kept].sum(), weight * new_s0])
+        old_s0 = self._s0[kept] / max(self._s0[kept].sum(), _TINY)
+        s0 = np.concatenate([(1.0 - weight) * old_s0, weight * new_s0])
         means = np.concatenate([self._means[kept], local._means[:n_new]])
         scatter = np.concatenate([self._scatter[kept], local._scatter[:n_new]])
         self._set_statistics(s0, means, scatter)
