@@ -6,25 +6,30 @@ the rest, and returns everything a record needs.
 
 Life of a detector:
 
-1. Warm-up. The first ``warmup`` events are buffered and scored by a single
-   running diagonal Gaussian (an honest score, not none). When the buffer is
-   full, the standardiser is fixed from it (mean and standard deviation of
-   each feature), the mixture is fitted on it by batch EM (K chosen by BIC
-   when ``n_components="auto"``), and the threshold starts from the buffer's
-   scores under that mixture.
-2. Scoring. Each batch is scored; the outliers are not learnt (unless
-   ``learn_from_outliers``), so an attack cannot teach the model that it is
-   normal, and they do not feed the threshold, so a burst cannot hide itself.
+1. Warm-up. The first ``warmup`` events are scored one by one, each by a
+   running diagonal Gaussian of the events before it (an honest score, not
+   none); after 50 events, one far out even for that Gaussian is flagged and
+   left out. Then the standardiser is fixed from the kept events (mean and
+   standard deviation of each feature), the mixture is fitted on them by batch
+   EM (K chosen by BIC when ``n_components="auto"``), and the threshold starts
+   from the mixture's own score quantile.
+2. Scoring, in micro-batches of ``micro_batch`` events aligned on the event
+   count: each is scored under the model as it was before it, then its inliers
+   are learnt. The outliers are not learnt (unless ``learn_from_outliers``), so
+   an attack cannot teach the model that it is normal, and they do not feed
+   the threshold, so a burst cannot hide itself. The answers are the same
+   however the stream is cut into calls.
 3. Quarantine. Never learning flagged events would lock the detector out
    after a level shift: every event of the new regime is flagged, forever.
    Flagged events therefore wait in a quarantine, and the detector keeps a
    moving share of flagged events over the last ``patience`` events. When
-   that share passes ``regime_share`` (default: half of recent traffic is
-   "anomalous"), the anomalies are no longer rare: they are a new regime.
-   A component is seeded from the quarantined events (replacing the
-   lightest one), the quarantine is emptied, and from then on the new
-   regime is scored and learnt as normal. Short bursts (well under
-   ``patience * regime_share`` events) never get there and stay flagged.
+   that share passes ``regime_share``, the anomalies are no longer rare: they
+   are a new regime. Components fitted to the quarantined events join the
+   mixture (they take nothing from the components that explain the rest of
+   the traffic), the threshold starts again from the new mixture, and from
+   then on the new regime is scored and learnt as normal. A burst of one
+   pattern shorter than about ``patience * regime_share`` events, or an attack
+   on half the traffic for fewer than about ``patience`` events, stays flagged.
 
 Examples
 --------
@@ -56,7 +61,7 @@ from .threshold import QuantileThreshold, Threshold
 WARMUP_FLAG_AFTER = 50  # warm-up events before the running Gaussian flags anything
 WARMUP_FLAG_PROBABILITY = 1e-6  # chi-square tail beyond which a warm-up event is an outlier
 WARMUP_FITS = 3  # fits of the warm-up at most: each drops the events of too small components
-MICRO_BATCH = 64  # events per model update after the warm-up (benchmarks/README.md, "cuts")
+MICRO_BATCH = 256  # events per model update after the warm-up (benchmarks/README.md, "cuts")
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,8 @@ def _concat(results: list[BatchResult]) -> BatchResult:
     width = max(r.responsibilities.shape[1] for r in results)
 
     def pad(resp: np.ndarray) -> np.ndarray:
+        if resp.shape[1] == width:
+            return resp
         return np.pad(resp, ((0, 0), (0, width - resp.shape[1])))
 
     return BatchResult(
@@ -152,20 +159,26 @@ class Quarantine:
     Parameters
     ----------
     patience : int
-        Horizon, in events, of the moving share of flagged events.
+        Horizon, in events, of the moving share of flagged events that decides
+        when flagged events are a new regime.
     capacity : int
         How many of the latest flagged events are kept.
     """
 
-    def __init__(self, patience: int = 5000, capacity: int = 2000):
+    RECENT = 1000  # horizon, in events, of the share that sizes a new regime
+
+    def __init__(self, patience: int = 8000, capacity: int = 2000):
         self.patience = int(patience)
         self.capacity = int(capacity)
         self.share = 0.0
+        self.recent = 0.0
         self.rows: np.ndarray | None = None
 
     def observe(self, flagged_rows: np.ndarray, n_events: int) -> None:
-        decay = (1.0 - 1.0 / self.patience) ** n_events
-        self.share = self.share * decay + (1.0 - decay) * len(flagged_rows) / max(n_events, 1)
+        flagged = len(flagged_rows) / max(n_events, 1)
+        for name, horizon in (("share", self.patience), ("recent", self.RECENT)):
+            decay = (1.0 - 1.0 / horizon) ** n_events
+            setattr(self, name, getattr(self, name) * decay + (1.0 - decay) * flagged)
         if len(flagged_rows):
             kept = flagged_rows if self.rows is None else np.concatenate([self.rows, flagged_rows])
             self.rows = kept[-self.capacity :]
@@ -233,7 +246,11 @@ class Detector:
         Quarantine: flagged events become a new regime once they make up
         ``regime_share`` of the moving share over ``patience`` events.
     micro_batch : int
-        Events per model update after the warm-up (see above).
+        Events per model update after the warm-up (see above). Smaller reacts
+        sooner to a new regime and costs more per event.
+    n_init : int
+        k-means++ starts of each batch fit (the warm-up, a new regime); the best
+        likelihood wins. More starts make the first mixture depend less on the seed.
     """
 
     def __init__(
@@ -247,12 +264,13 @@ class Detector:
         learn_from_outliers: bool = MODEL_DEFAULTS.learn_from_outliers,
         threshold: Threshold | None = None,
         max_components: int = MODEL_DEFAULTS.max_components,
-        patience: int = 20000,
-        regime_share: float = 0.1,
+        patience: int = 8000,
+        regime_share: float = 0.25,
         warmup_trim: float = 0.05,
         min_component_share: float = 0.02,
         refits: int = 0,
         micro_batch: int = MICRO_BATCH,
+        n_init: int = 10,
         random_state: int | None = MODEL_DEFAULTS.random_state,
     ):
         if int(warmup) < MIN_WARMUP:
@@ -279,6 +297,7 @@ class Detector:
             trim=warmup_trim,
             refits=refits,
             max_components=max_components,
+            n_init=n_init,
             random_state=random_state,
         )
         # started at once (parameters checked, counters at 0), as a first partial_fit would
@@ -477,10 +496,21 @@ class Detector:
             self._watch_regime(batch.Z, batch.outlier & ~batch.huge)
 
     def _watch_regime(self, Z: np.ndarray, outlier: np.ndarray) -> None:
-        self.quarantine.observe(Z[outlier], len(Z))
-        if self.quarantine.share >= self.regime_share and len(self.quarantine) >= 2:
-            self.model.seed_components(self.quarantine.release(), weight=0.5)
-            self.n_regime_changes += 1
+        """Flagged events that make up ``regime_share`` of the traffic are a new regime:
+        components of their own join the model, weighing their recent share, and the
+        threshold starts again from the new model (the old inlier scores describe a
+        traffic that is gone)."""
+        quarantine = self.quarantine
+        quarantine.observe(Z[outlier], len(Z))
+        if quarantine.share < self.regime_share or len(quarantine) < 2:
+            return
+        weight = min(max(quarantine.recent, self.regime_share), 0.95)
+        rows = quarantine.release()
+        model = self.model
+        size = model.max_components if model.n_components == "auto" else model.n_components
+        model.add_components(rows, weight, max_components=2 * int(size))
+        self._anchor_threshold(rows)
+        self.n_regime_changes += 1
 
     # -- persistence ----------------------------------------------------------
 
@@ -502,6 +532,7 @@ class Detector:
             "min_component_share": self.min_component_share,
             "refits": model.refits,
             "micro_batch": self.micro_batch,
+            "n_init": model.n_init,
             "random_state": model.random_state,
         }
 
@@ -515,6 +546,7 @@ class Detector:
             "quarantine": {
                 "capacity": self.quarantine.capacity,
                 "share": self.quarantine.share,
+                "recent": self.quarantine.recent,
             },
             "n_seen": self.n_seen,
             "n_outliers": self.n_outliers,
@@ -541,6 +573,7 @@ class Detector:
         quarantine = state["quarantine"]
         detector.quarantine = Quarantine(params["patience"], quarantine["capacity"])
         detector.quarantine.share = float(quarantine["share"])
+        detector.quarantine.recent = float(quarantine.get("recent", quarantine["share"]))
         if "rows" in quarantine:
             detector.quarantine.rows = np.array(quarantine["rows"], dtype=np.float64)
         standardizer = state.get("standardizer")
@@ -578,7 +611,7 @@ class Detector:
 
 
 # parameters a 0.1 checkpoint did not save: the values 0.1 ran with
-_LAYOUT_0_1_PARAMS: dict[str, Any] = {"micro_batch": 1, "patience": 20000}
+_LAYOUT_0_1_PARAMS: dict[str, Any] = {"micro_batch": 1, "patience": 20000, "refits": 0}
 
 
 @dataclass(frozen=True)

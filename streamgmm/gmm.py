@@ -964,17 +964,19 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self.n_reseeds_ += 1
         return s0 / s0.sum(), means, scatter
 
-    def seed_components(self, X, weight: float) -> np.ndarray:
+    def add_components(self, X, weight: float, max_components: int) -> np.ndarray:
         """Give the rows X components of their own, together weighing ``weight``.
 
         A mixture is fitted to X by batch EM (K by BIC, at most as many as the
-        model has) and its components replace the lightest ones. This is how a new regime enters
-        the mixture at once (see the detector's quarantine), instead of old
-        components being dragged across the space one step at a time.
+        model has) and its components join the model, whose own weights shrink by
+        ``1 - weight``: a new regime enters the mixture at once (see the detector's
+        quarantine) and takes nothing from the components that explain the rest of
+        the traffic. Beyond ``max_components`` in all, the lightest old components
+        make room.
 
         Returns
         -------
-        replaced : array of int, the indices of the new components.
+        added : array of int, the indices of the new components.
         """
         self._check_fitted()
         X = self._validate(X, reset=False, ensure_min_samples=1)
@@ -987,18 +989,16 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             n_init=self.n_init,
             random_state=self._rng.integers(2**31),
         ).fit(X)
-        replaced = np.sort(np.argsort(self._s0)[: local.n_components_])
-        kept = np.setdiff1d(np.arange(n_old), replaced)
-        if len(kept) == 0:
-            weight = 1.0
-        s0 = self._s0.copy()
-        if len(kept):
-            s0[kept] *= (1.0 - weight) / s0[kept].sum()
-        s0[replaced] = weight * local._s0 / local._s0.sum()
-        means, scatter = self._means.copy(), self._scatter.copy()
-        means[replaced], scatter[replaced] = local._means, local._scatter
+        n_new = min(local.n_components_, max_components)
+        kept = np.sort(np.argsort(self._s0)[::-1][: max(max_components - n_new, 0)])
+        weight = 1.0 if len(kept) == 0 else weight
+        new_s0 = local._s0[:n_new] / local._s0[:n_new].sum()
+        old_s0 = self._s0[kept] / max(self._s0[kept].sum(), _TINY)
+        s0 = np.concatenate([(1.0 - weight) * old_s0, weight * new_s0])
+        means = np.concatenate([self._means[kept], local._means[:n_new]])
+        scatter = np.concatenate([self._scatter[kept], local._scatter[:n_new]])
         self._set_statistics(s0, means, scatter)
-        return replaced
+        return np.arange(len(kept), len(s0))
 
     def _total_scatter(self, s0, means, scatter):
         """Scatter of the whole mixture: a broad covariance for a re-seeded component."""

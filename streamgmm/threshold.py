@@ -176,8 +176,10 @@ class QuantileThreshold(Threshold):
         }
 
     def initialise(self, prior: float, scores: np.ndarray | None = None) -> None:
-        """Start at ``prior``; ``scores`` (the warm-up's, capped) seed the window."""
+        """Start (again) at ``prior``; ``scores`` (capped at it) seed an emptied window."""
         self._value = float(prior)
+        self._scores = Ring(self.window)
+        self._fresh = 0
         if scores is not None and len(scores):
             self._scores.extend(scores)
 
