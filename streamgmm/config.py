@@ -435,8 +435,9 @@ class ModelConfig:
     warmup: int = _key(
         _Number(True, ge=MIN_WARMUP),
         MODEL_DEFAULTS.warmup,
-        "Events buffered and fitted by batch EM before scoring starts; they are counted "
-        "as warm-up, never flagged.",
+        "The first events, scored one by one by a running Gaussian (after 50, one far "
+        "out even for it is flagged and left out), then fitted by batch EM; counted as "
+        "warm-up.",
     )
     standardize: bool = _key(
         _Bool(),
@@ -461,6 +462,12 @@ class ModelConfig:
         "Forgetting: events after which an event's weight in the model halves, for "
         "drifting streams; null never forgets.",
         nullable=True,
+    )
+    n_init: int = _key(
+        _Number(True, ge=1, le=100),
+        MODEL_DEFAULTS.n_init,
+        "k-means++ starts of each batch fit (the warm-up, a new regime); the best "
+        "wins. More make the first mixture depend less on the seed, once, at a cost.",
     )
     random_state: int | None = _key(
         _Number(True, ge=0),

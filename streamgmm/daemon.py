@@ -112,6 +112,7 @@ def build_detector(config: Config) -> Detector:
         learn_from_outliers=m.learn_from_outliers,
         threshold=build_threshold(config),
         max_components=m.max_components,
+        n_init=m.n_init,
         random_state=m.random_state,
     )
 

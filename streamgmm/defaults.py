@@ -33,6 +33,7 @@ class ModelDefaults:
     covariance_type: str = "diag"
     reg_covar: float = 0.05  # in standardised units, as the Detector feeds the model
     warmup: int = 500
+    n_init: int = 10  # k-means++ starts per batch fit: the first mixture depends less on the seed
     half_life: float | None = None
     standardize: bool = True
     learn_from_outliers: bool = False

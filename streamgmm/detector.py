@@ -270,7 +270,7 @@ class Detector:
         min_component_share: float = 0.02,
         refits: int = 0,
         micro_batch: int = MICRO_BATCH,
-        n_init: int = 10,
+        n_init: int = MODEL_DEFAULTS.n_init,
         random_state: int | None = MODEL_DEFAULTS.random_state,
     ):
         if int(warmup) < MIN_WARMUP:

@@ -613,7 +613,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         half_life: float | None = MODEL_DEFAULTS.half_life,
         max_components: int = MODEL_DEFAULTS.max_components,
         weight_floor: float = 1e-3,
-        n_init: int = 3,
+        n_init: int = MODEL_DEFAULTS.n_init,
         refits: int = 4,
         reservoir_size: int = 5000,
         trim: float = 0.0,
