@@ -84,6 +84,16 @@ class BatchResult:
         Distance to the best component (to the warm-up Gaussian in warm-up).
     contributions : array of shape (n, d)
         Per-feature standardised residuals to the best component.
+    surprise : array of shape (n, d)
+        Field surprise ``-log p(x_j | x_-j)`` in nats (see
+        :meth:`~streamgmm.gmm.OnlineGaussianMixture.field_surprise`): the field
+        with the highest is the odd one, given the others. Computed on the
+        standardised fields, so the ranking of fields does not depend on the
+        units each is measured in. In warm-up, the running Gaussian's
+        ``-log N(z_j; 0, 1)`` with z_j the field in its own standard deviations.
+    expected : array of shape (n, d)
+        ``E[x_j | x_-j]``, what the model expected of each field given the
+        others, in the field's own units (the running mean in warm-up).
     """
 
     log_likelihood: np.ndarray
@@ -95,6 +105,8 @@ class BatchResult:
     responsibilities: np.ndarray
     mahalanobis: np.ndarray
     contributions: np.ndarray
+    surprise: np.ndarray
+    expected: np.ndarray
 
     def __len__(self) -> int:
         return len(self.score)
@@ -118,6 +130,8 @@ def _concat(results: list[BatchResult]) -> BatchResult:
         responsibilities=np.concatenate([pad(r.responsibilities) for r in results]),
         mahalanobis=np.concatenate([r.mahalanobis for r in results]),
         contributions=np.concatenate([r.contributions for r in results]),
+        surprise=np.concatenate([r.surprise for r in results]),
+        expected=np.concatenate([r.expected for r in results]),
     )
 
 
@@ -355,6 +369,7 @@ class Detector:
             critical = float(stats.chi2.isf(WARMUP_FLAG_PROBABILITY, d))
             outlier = distance_sq > critical
             threshold = float(np.max(-log_likelihood + 0.5 * (critical - distance_sq)))
+        expected = np.tile(self._warm.mean, (n, 1)) if self._warm.count else X.copy()
         self._warm.update(X[~outlier])
         self._buffer.append(X[~outlier].copy())
         return BatchResult(
@@ -367,6 +382,8 @@ class Detector:
             responsibilities=np.empty((n, 0)),
             mahalanobis=np.sqrt(distance_sq),
             contributions=centred,
+            surprise=0.5 * (math.log(2.0 * math.pi) + centred**2),
+            expected=expected,
         )
 
     def _finish_warmup(self) -> None:
@@ -446,6 +463,8 @@ class Detector:
             responsibilities=evaluation.responsibilities,
             mahalanobis=explanation["mahalanobis"],
             contributions=explanation["contributions"],
+            surprise=explanation["surprise"],
+            expected=explanation["expected"] * self.standardizer.scale + self.standardizer.mean,
         )
 
     def _watch_regime(self, Z: np.ndarray, outlier: np.ndarray) -> None:
