@@ -204,17 +204,17 @@ def _conditionals_full(X, means, prec_chol):
     precision = prec_chol @ prec_chol.transpose(0, 2, 1)  # Lambda_k = P_k P_k^T
     lam = np.diagonal(precision, axis1=1, axis2=2).T  # (d, K)
     ratio = precision.transpose(1, 0, 2) / lam[:, :, None]  # Lambda_kjl / Lambda_kjj, (d, K, d)
-    # both affine in x, one GEMM: sqrt(Lambda_jj / 2) (x_j - m_kj), and m_kj itself
-    affine = np.empty((2, d, n_components, d + 1))
-    affine[0, :, :, :d] = ratio * np.sqrt(0.5 * lam)[:, :, None]
-    affine[1, :, :, :d] = np.eye(d)[:, None, :] - ratio
+    # both affine in x: sqrt(Lambda_kjj / 2) (x_j - m_kj), and m_kj itself; one small GEMM
+    # per field (batched, no Python loop), each under BLAS's threading threshold
+    affine = np.empty((d, 2, n_components, d + 1))
+    affine[:, 0, :, :d] = ratio * np.sqrt(0.5 * lam)[:, :, None]
+    affine[:, 1, :, :d] = np.eye(d)[:, None, :] - ratio
     shift = np.einsum("jkl,kl->jk", ratio, means)
-    affine[0, :, :, d] = -shift * np.sqrt(0.5 * lam)
-    affine[1, :, :, d] = shift
+    affine[:, 0, :, d] = -shift * np.sqrt(0.5 * lam)
+    affine[:, 1, :, d] = shift
     ones = np.ones((1, X.shape[0]))
-    z, cond_mean = (affine.reshape(-1, d + 1) @ np.vstack([X.T, ones])).reshape(
-        2, d, n_components, -1
-    )
+    both = affine.reshape(d, 2 * n_components, d + 1) @ np.vstack([X.T, ones])
+    z, cond_mean = both[:, :n_components], both[:, n_components:]
     z *= z
     z += (0.5 * (_LOG_2PI - np.log(lam)))[:, :, None]
     return z, cond_mean
