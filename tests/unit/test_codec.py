@@ -510,3 +510,16 @@ def test_score_record_is_the_batch_forms_row_to_the_byte(threshold):
         )
         assert single == batch[i]
         assert b"NaN" not in single and b"Infinity" not in single
+
+
+def test_every_record_field_is_documented_in_docs_records_md():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "records.md").read_text()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    quoted = {name.strip() for span in re.findall(r"`([^`]+)`", prose) for name in span.split(",")}
+    for section, fields in (
+        ("## Outlier record", OUTLIER_FIELDS),
+        ("## Dead letter", DEAD_LETTER_FIELDS),
+        ("## Score record", SCORE_FIELDS),
+    ):
+        assert section in text
+        assert set(fields) <= quoted, set(fields) - quoted

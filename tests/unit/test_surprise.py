@@ -282,3 +282,39 @@ def test_outlier_records_carry_surprise_and_expected_for_every_field(tmp_path: P
     for record in faults:
         assert max(record["surprise"], key=record["surprise"].get) == "latency_ms"
         assert record["expected"]["latency_ms"] < 300.0
+
+
+# ---------------------------------------------------------------------------
+# the benchmark and the figure script cannot rot
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(directory: str, name: str):
+    import importlib
+    import sys
+
+    if str(ROOT / directory) not in sys.path:
+        sys.path.insert(0, str(ROOT / directory))
+    return importlib.import_module(name)
+
+
+def test_the_speed_benchmark_times_the_old_explanation_against_the_new():
+    explain_speed = _load("benchmarks", "explain_speed")
+    model, stream = explain_speed.fitted_model("diag", d=4, K=2)
+    old = explain_speed.residual_explain(model, stream[:100])
+    new = model.explain(stream[:100])
+    for key in ("component", "mahalanobis", "contributions"):
+        np.testing.assert_array_equal(old[key], new[key])
+    times = explain_speed.time_explain("full", d=4, K=2, batch=500, rounds=1)
+    assert all(t > 0 for t in times.values())
+
+
+def test_the_figure_shows_surprise_naming_latency_where_residuals_do_not(tmp_path: Path):
+    figure = _load("scripts", "surprise_figure")
+    fields, event, result = figure.faulty_event_explained(seed=0)
+    assert event["latency_ms"] == 400.0 and result.is_outlier[0]
+    assert fields[int(np.argmax(result.surprise[0]))] == "latency_ms"
+    assert fields[int(np.argmax(np.abs(result.contributions[0])))] != "latency_ms"
+    figure.plot(tmp_path / "surprise.png")
+    assert (tmp_path / "surprise.png").stat().st_size > 10_000
