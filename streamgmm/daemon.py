@@ -526,6 +526,8 @@ class Daemon:
                 mahalanobis=result.mahalanobis[row],
                 contributions=dict(zip(self.fields, result.contributions[row].tolist(),
                                        strict=True)),
+                surprise=dict(zip(self.fields, result.surprise[row].tolist(), strict=True)),
+                expected=dict(zip(self.fields, result.expected[row].tolist(), strict=True)),
                 model_events_seen=self.detector.n_seen, detected_at=now,
             )  # fmt: skip
             message_key = (

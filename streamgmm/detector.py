@@ -47,6 +47,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,16 @@ class BatchResult:
         Distance to the best component (to the warm-up Gaussian in warm-up).
     contributions : array of shape (n, d)
         Per-feature standardised residuals to the best component.
+    surprise : array of shape (n, d)
+        Field surprise ``-log p(x_j | x_-j)`` in nats (see
+        :meth:`~streamgmm.gmm.OnlineGaussianMixture.field_surprise`): the field
+        with the highest is the odd one, given the others. Computed on the
+        standardised fields, so the ranking of fields does not depend on the
+        units each is measured in. In warm-up, the running Gaussian's
+        ``-log N(z_j; 0, 1)`` with z_j the field in its own standard deviations.
+    expected : array of shape (n, d)
+        ``E[x_j | x_-j]``, what the model expected of each field given the
+        others, in the field's own units (the running mean in warm-up).
     """
 
     log_likelihood: np.ndarray
@@ -101,6 +112,8 @@ class BatchResult:
     responsibilities: np.ndarray
     mahalanobis: np.ndarray
     contributions: np.ndarray
+    surprise: np.ndarray
+    expected: np.ndarray
 
     def __len__(self) -> int:
         return len(self.score)
@@ -126,6 +139,8 @@ def _concat(results: list[BatchResult]) -> BatchResult:
         responsibilities=np.concatenate([pad(r.responsibilities) for r in results]),
         mahalanobis=np.concatenate([r.mahalanobis for r in results]),
         contributions=np.concatenate([r.contributions for r in results]),
+        surprise=np.concatenate([r.surprise for r in results]),
+        expected=np.concatenate([r.expected for r in results]),
     )
 
 
@@ -408,6 +423,8 @@ class Detector:
             responsibilities=np.empty((n, width)),
             mahalanobis=np.empty(0),
             contributions=np.empty((0, d)),
+            surprise=np.empty((0, d)),
+            expected=np.empty((0, d)),
         )
 
     def _warmup_rows(self, X: np.ndarray) -> BatchResult:
@@ -423,6 +440,9 @@ class Detector:
             responsibilities=np.empty((n, 0)),
             mahalanobis=np.sqrt(scores.distance_sq),
             contributions=scores.centred,
+            # one diagonal Gaussian: each field's surprise is its own, in its own sd
+            surprise=0.5 * (math.log(2.0 * math.pi) + scores.centred**2),
+            expected=scores.mean,
         )
 
     def _finish_warmup(self) -> None:
@@ -482,6 +502,8 @@ class Detector:
             responsibilities=evaluation.responsibilities,
             mahalanobis=explanation["mahalanobis"],
             contributions=explanation["contributions"],
+            surprise=explanation["surprise"],
+            expected=explanation["expected"] * self.standardizer.scale + self.standardizer.mean,
         )
 
     def _learn_pending(self) -> None:

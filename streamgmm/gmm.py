@@ -195,6 +195,53 @@ def _mahalanobis_sq_spherical(X, means, prec_chol):
     return (sq * precisions).clip(min=0.0)
 
 
+# conditionals: per field j and component k, the Gaussian of x_j given the other fields,
+# N(m_kj, 1 / Lambda_kjj) with Lambda_k the precision and
+# m_kj = x_j - (Lambda_k (x - mu_k))_j / Lambda_kjj. Each returns, laid out (d, K, n)
+# so that sums over the components add contiguous rows,
+#   log_density : -log N(x_j | m_kj, 1 / Lambda_kjj), of shape (d, K, n),
+#   cond_mean : m_kj, of shape (d, K, n), or (d, K, 1) when it does not depend on
+#   the other fields (diag, spherical).
+
+
+def _conditionals_full(X, means, prec_chol):
+    n_components, d, _ = prec_chol.shape
+    precision = prec_chol @ prec_chol.transpose(0, 2, 1)  # Lambda_k = P_k P_k^T
+    lam = np.diagonal(precision, axis1=1, axis2=2).T  # (d, K)
+    ratio = precision.transpose(1, 0, 2) / lam[:, :, None]  # Lambda_kjl / Lambda_kjj, (d, K, d)
+    # both affine in x: sqrt(Lambda_kjj / 2) (x_j - m_kj), and m_kj itself; one small GEMM
+    # per field (batched, no Python loop), each under BLAS's threading threshold
+    affine = np.empty((d, 2, n_components, d + 1))
+    affine[:, 0, :, :d] = ratio * np.sqrt(0.5 * lam)[:, :, None]
+    affine[:, 1, :, :d] = np.eye(d)[:, None, :] - ratio
+    shift = np.einsum("jkl,kl->jk", ratio, means)
+    affine[:, 0, :, d] = -shift * np.sqrt(0.5 * lam)
+    affine[:, 1, :, d] = shift
+    ones = np.ones((1, X.shape[0]))
+    both = affine.reshape(d, 2 * n_components, d + 1) @ np.vstack([X.T, ones])
+    z, cond_mean = both[:, :n_components], both[:, n_components:]
+    z *= z
+    z += (0.5 * (_LOG_2PI - np.log(lam)))[:, :, None]
+    return z, cond_mean
+
+
+def _conditionals_diag(X, means, prec_chol):
+    # 0.5 (x_j - mu_kj)^2 / s^2 + log s + 0.5 log 2 pi with s = sigma_kj, expanded in
+    # powers of x_j: one small GEMM per field (the caller centres X and the means)
+    half = 0.5 * prec_chol.T**2  # (d, K)
+    mu = means.T
+    coef = np.stack(
+        [half * mu**2 - np.log(prec_chol.T) + 0.5 * _LOG_2PI, -2.0 * half * mu, half], axis=2
+    )  # (d, K, 3)
+    Xt = X.T
+    powers = np.stack([np.ones_like(Xt), Xt, Xt * Xt], axis=1)  # (d, 3, n)
+    return coef @ powers, mu[:, :, None]
+
+
+def _conditionals_spherical(X, means, prec_chol):
+    return _conditionals_diag(X, means, np.repeat(prec_chol[:, None], X.shape[1], axis=1))
+
+
 def _variances_full(cov, d):
     return np.diagonal(cov, axis1=1, axis2=2).copy()
 
@@ -225,6 +272,7 @@ class _CovarianceOps:
     batch_scatter: Any
     outer: Any
     add_reg: Any
+    conditionals: Any  # the per-field conditional Gaussians, see above
     precision_cholesky: Any
     log_det: Any
     mahalanobis_sq: Any
@@ -237,6 +285,7 @@ _OPS = {
         _batch_scatter_full,
         _outer_full,
         _add_reg_full,
+        _conditionals_full,
         _precision_cholesky_full,
         _log_det_full,
         _mahalanobis_sq_full,
@@ -247,6 +296,7 @@ _OPS = {
         _batch_scatter_diag,
         _outer_diag,
         _add_reg_diag,
+        _conditionals_diag,
         _precision_cholesky_diag,
         _log_det_diag,
         _mahalanobis_sq_diag,
@@ -257,6 +307,7 @@ _OPS = {
         _batch_scatter_spherical,
         _outer_spherical,
         _add_reg_spherical,
+        _conditionals_spherical,
         _precision_cholesky_spherical,
         _log_det_spherical,
         _mahalanobis_sq_spherical,
@@ -341,6 +392,8 @@ class WarmupScores:
         Squared standardised distance to the running mean.
     centred : array of shape (n_samples, n_features)
         Per-feature standardised residuals.
+    mean : array of shape (n_samples, n_features)
+        The running mean each row was scored against (the row itself for the first).
     flagged : array of shape (n_samples,), bool
         Too far out to be learnt (see :meth:`RunningGaussian.score_then_update`).
     threshold : array of shape (n_samples,)
@@ -351,6 +404,7 @@ class WarmupScores:
     log_likelihood: np.ndarray
     distance_sq: np.ndarray
     centred: np.ndarray
+    mean: np.ndarray
     flagged: np.ndarray
     threshold: np.ndarray
 
@@ -422,6 +476,7 @@ class RunningGaussian:
         log_likelihood = np.empty(n)
         distance_sq = np.empty(n)
         centred = np.empty((n, d))
+        mean = np.empty((n, d))
         flaggable = np.zeros(n, dtype=bool)
         flagged = np.zeros(n, dtype=bool)
         huge = np.abs(X).max(axis=1, initial=0.0) > MAX_ABS_INPUT
@@ -429,12 +484,12 @@ class RunningGaussian:
         while start < n:
             rows = slice(start, n)
             scores = self._prefix_scores(X[rows], huge[rows])
-            can_flag = scores[3] >= (math.inf if flag_after is None else flag_after)
+            can_flag = scores[4] >= (math.inf if flag_after is None else flag_after)
             bad = huge[rows] | (can_flag & (scores[1] > flag_distance_sq))
             stop = n if not bad.any() else start + int(np.argmax(bad)) + 1
             done = slice(start, stop)
-            log_likelihood[done], distance_sq[done], centred[done] = (
-                s[: stop - start] for s in scores[:3]
+            log_likelihood[done], distance_sq[done], centred[done], mean[done] = (
+                s[: stop - start] for s in scores[:4]
             )
             flaggable[done] = can_flag[: stop - start]
             if bad.any():
@@ -449,7 +504,7 @@ class RunningGaussian:
             threshold = np.where(
                 flaggable, -log_likelihood + 0.5 * (flag_distance_sq - distance_sq), np.nan
             )
-        return WarmupScores(log_likelihood, distance_sq, centred, flagged, threshold)
+        return WarmupScores(log_likelihood, distance_sq, centred, mean, flagged, threshold)
 
     def _prefix_scores(self, X: np.ndarray, huge: np.ndarray):
         """Scores of each row under the running Gaussian of all the rows before it."""
@@ -474,7 +529,7 @@ class RunningGaussian:
             centred = diff / np.sqrt(var)
             distance_sq = z_sq.sum(axis=1)
             log_likelihood = -0.5 * (d * _LOG_2PI + np.log(var).sum(axis=1) + distance_sq)
-        return log_likelihood, distance_sq, centred, count
+        return log_likelihood, distance_sq, centred, mean, count
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"count": self.count, "reg_covar": self.reg_covar}
@@ -1194,7 +1249,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             ``component`` : array of shape (n_samples,), the most responsible component k*;
             ``mahalanobis`` : array of shape (n_samples,), distance to k*;
             ``contributions`` : array of shape (n_samples, n_features), the
-            standardised residuals ``(x_j - mu_k*j) / sqrt(Sigma_k*jj)``.
+            standardised residuals ``(x_j - mu_k*j) / sqrt(Sigma_k*jj)``;
+            ``surprise``, ``expected`` : arrays of shape (n_samples, n_features),
+            see :meth:`field_surprise`: which field is odd given the others.
         """
         self._check_fitted()
         X = self._validate(X, reset=False)
@@ -1203,11 +1260,89 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         rows = np.arange(X.shape[0])
         variances = self._ops.variances(self.covariances_, self.n_features_in_)
         contributions = (X - self._means[best]) / np.sqrt(variances[best])
+        surprise, expected = self._field_surprise(X, evaluation)
         return {
             "component": best,
             "mahalanobis": np.sqrt(evaluation.mahalanobis_sq[rows, best]),
             "contributions": contributions,
+            "surprise": surprise,
+            "expected": expected,
         }
+
+    def field_surprise(
+        self, X, evaluation: Evaluation | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """How surprising each field of each row is, given the row's other fields.
+
+        ``surprise_j = -log p(x_j | x_-j) = log p(x_-j) - log p(x)``, where
+        ``p(x_-j)`` is the mixture with field j marginalised out. Field j is to
+        blame when the rest of the row is plausible without it: a web server
+        at 400 ms is surprising in its latency, not in the cpu of a batch
+        worker it would otherwise resemble. ``expected_j = E[x_j | x_-j]`` is
+        what the model expected instead: the conditional means of the
+        components, weighted by their responsibilities for ``x_-j``.
+        O(K d^2) per row for all fields together.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        evaluation : Evaluation or None
+            The E-step of X if already done (it is reused, not repeated).
+
+        Returns
+        -------
+        surprise : array of shape (n_samples, n_features)
+            In nats; it can be negative (a density above 1 in the field's units).
+        expected : array of shape (n_samples, n_features)
+            In the units of X.
+
+        Examples
+        --------
+        Web servers (cpu %, mem %, latency ms) and batch workers; a web server
+        answering at 250 ms looks like a batch worker with odd cpu and mem
+        (its residuals blame cpu), but it is its latency that is surprising:
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> web = rng.normal([30, 45, 40], [5, 5, 8], (2000, 3))
+        >>> batch = rng.normal([90, 20, 250], [4, 4, 40], (2000, 3))
+        >>> gmm = OnlineGaussianMixture(2, random_state=0).fit(np.concatenate([web, batch]))
+        >>> event = [[30.0, 45.0, 250.0]]
+        >>> gmm.explain(event)["contributions"].round(1).tolist()
+        [[-14.7, 6.3, -0.0]]
+        >>> surprise, expected = gmm.field_surprise(event)
+        >>> surprise.round(1).tolist(), expected.round().tolist()
+        ([[106.6, 19.3, 128.6]], [[89.0, 22.0, 40.0]])
+        """
+        self._check_fitted()
+        X = self._validate(X, reset=False)
+        return self._field_surprise(X, evaluation if evaluation is not None else self._evaluate(X))
+
+    def _field_surprise(self, X: np.ndarray, evaluation: Evaluation) -> tuple[np.ndarray, ...]:
+        if X.shape[0] == 0:
+            return np.empty(X.shape), np.empty(X.shape)
+        log_prob, cond_mean = self._ops.conditionals(
+            X - self._centre, self._means_centred, self.precisions_cholesky_
+        )
+        # log w_k + log N_k(x_-j) = log w_k + log N_k(x) - log N_k(x_j | x_-j), (d, K, n)
+        log_prob += np.ascontiguousarray((self._log_const - 0.5 * evaluation.mahalanobis_sq).T)
+        peak = log_prob.max(axis=1, keepdims=True)
+        log_prob -= peak
+        if log_prob.min() < -700.0:
+            # terms under e^-700 change nothing next to the peak's 1, and exp is many
+            # times slower on arguments whose result underflows
+            np.maximum(log_prob, -700.0, out=log_prob)
+        weights = np.exp(log_prob, out=log_prob)
+        if cond_mean.shape[2] == 1:  # one GEMM per field gives the sum and the mean
+            ones_and_means = np.concatenate([np.ones_like(cond_mean), cond_mean], axis=2)
+            total, expected = (ones_and_means.transpose(0, 2, 1) @ weights).transpose(1, 0, 2)
+        else:
+            total = weights.sum(axis=1)
+            weights *= cond_mean
+            expected = weights.sum(axis=1)
+        surprise = (np.log(total) + peak[:, 0, :]).T - evaluation.log_likelihood[:, None]
+        expected = (expected / total).T + self._centre
+        return surprise, expected
 
     # -- persistence -------------------------------------------------------
 

@@ -44,6 +44,8 @@ def test_scores_flags_and_model_do_not_depend_on_the_cut(covariance_type):
         np.testing.assert_array_equal(joined(parts, "is_outlier"), whole[0].is_outlier)
         np.testing.assert_array_equal(joined(parts, "is_warmup"), whole[0].is_warmup)
         np.testing.assert_allclose(joined(parts, "threshold"), whole[0].threshold, rtol=1e-9)
+        for name in ("surprise", "expected"):
+            np.testing.assert_allclose(joined(parts, name), getattr(whole[0], name), rtol=1e-9)
         np.testing.assert_allclose(detector.model.means_, reference.model.means_, rtol=1e-9)
         assert detector.n_seen == reference.n_seen and detector.n_pending == reference.n_pending
 
