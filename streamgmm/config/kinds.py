@@ -2,8 +2,10 @@
 
 A kind converts one YAML value into the typed value of its key, or raises
 :class:`_Invalid` with a message that completes ``"<key path>: "``; its
-:meth:`~_Kind.describe` is the type column of the generated reference.
-:func:`_key` declares a key of the schema with its kind, default and
+:meth:`~Kind.describe` is the type column of the generated reference.
+Every option of a kind is a keyword (``Int(ge=1, le=256)``, ``Float(gt=0)``,
+``Str(pattern=..., hint=...)``), so a declaration reads without the class at
+hand. :func:`_key` declares a key of the schema with its kind, default and
 description.
 """
 
@@ -40,7 +42,7 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-class _Kind:
+class Kind:
     """Base of the value kinds; ``convert`` returns the typed value or raises."""
 
     text = "value"
@@ -54,14 +56,21 @@ class _Kind:
         return self.text
 
 
-class _Str(_Kind):
+class Str(Kind):
+    """A string; non-empty unless ``allow_empty``, matching ``pattern`` if given.
+
+    ``hint`` completes the error when the pattern does not match: say what to write.
+    """
+
+    text = "string"
     parse_env = False
 
-    def __init__(self, pattern: str | None = None, hint: str = "", allow_empty: bool = False):
+    def __init__(
+        self, *, pattern: str | None = None, hint: str = "", allow_empty: bool = False
+    ) -> None:
         self.pattern = re.compile(pattern) if pattern else None
         self.hint = hint
         self.allow_empty = allow_empty
-        self.text = "string"
 
     def convert(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -73,12 +82,20 @@ class _Str(_Kind):
         return value
 
 
-class _Number(_Kind):
-    def __init__(self, integer: bool, ge=None, gt=None, le=None, lt=None):
-        self.integer, self.ge, self.gt, self.le, self.lt = integer, ge, gt, le, lt
+class _Bounded(Kind):
+    """A number within optional bounds: ``gt``/``ge`` below, ``lt``/``le`` above."""
+
+    def __init__(
+        self,
+        *,
+        ge: float | None = None,
+        gt: float | None = None,
+        le: float | None = None,
+        lt: float | None = None,
+    ) -> None:
+        self.ge, self.gt, self.le, self.lt = ge, gt, le, lt
 
     def describe(self) -> str:
-        text = "integer" if self.integer else "number"
         bounds = []
         if self.gt is not None:
             bounds.append(f"> {self.gt}")
@@ -88,21 +105,9 @@ class _Number(_Kind):
             bounds.append(f"< {self.lt}")
         if self.le is not None:
             bounds.append(f"<= {self.le}")
-        return f"{text} {', '.join(bounds)}" if bounds else text
+        return f"{self.text} {', '.join(bounds)}" if bounds else self.text
 
-    def convert(self, value: Any) -> int | float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            want = "an integer" if self.integer else "a number"
-            raise _Invalid(f"must be {want}, got {_show(value)}")
-        if self.integer and not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise _Invalid(f"must be an integer, got {_show(value)}")
-        if not self.integer:
-            value = float(value)
-            if not math.isfinite(value):
-                raise _Invalid(f"must be a finite number, got {_show(value)}")
+    def _within_bounds(self, value: float) -> Any:
         for bound, ok, word in (
             (self.gt, lambda b: value > b, ">"),
             (self.ge, lambda b: value >= b, ">="),
@@ -114,7 +119,36 @@ class _Number(_Kind):
         return value
 
 
-class _Bool(_Kind):
+class Int(_Bounded):
+    """An integer (a float with no fraction, ``8.0``, is taken as ``8``); never a boolean."""
+
+    text = "integer"
+
+    def convert(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(f"must be an integer, got {_show(value)}")
+        if not isinstance(value, int):
+            if not value.is_integer():
+                raise _Invalid(f"must be an integer, got {_show(value)}")
+            value = int(value)
+        return self._within_bounds(value)
+
+
+class Float(_Bounded):
+    """A finite number, returned as a float; never a boolean."""
+
+    text = "number"
+
+    def convert(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(f"must be a number, got {_show(value)}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise _Invalid(f"must be a finite number, got {_show(value)}")
+        return self._within_bounds(value)
+
+
+class Bool(Kind):
     text = "boolean"
 
     def convert(self, value: Any) -> bool:
@@ -123,24 +157,28 @@ class _Bool(_Kind):
         return value
 
 
-class _Choice(_Kind):
-    def __init__(self, *choices: str, upper: bool = False):
-        self.choices = choices
+class Choice(Kind):
+    """One of ``values``; with ``upper``, compared (and returned) upper-cased."""
+
+    def __init__(self, *, values: tuple[str, ...], upper: bool = False) -> None:
+        self.values = values
         self.upper = upper
 
     def describe(self) -> str:
-        return "one of " + ", ".join(self.choices)
+        return "one of " + ", ".join(self.values)
 
     def convert(self, value: Any) -> str:
         candidate = value.upper() if self.upper and isinstance(value, str) else value
-        if not isinstance(candidate, str) or candidate not in self.choices:
-            raise _Invalid(f"must be one of {', '.join(self.choices)}, got {_show(value)}")
+        if not isinstance(candidate, str) or candidate not in self.values:
+            raise _Invalid(f"must be one of {', '.join(self.values)}, got {_show(value)}")
         return candidate
 
 
-class _IntOrAuto(_Number):
-    def __init__(self, ge: int):
-        super().__init__(integer=True, ge=ge)
+class IntOrAuto(Int):
+    """An integer ``>= ge``, or the string ``"auto"``."""
+
+    def __init__(self, *, ge: int) -> None:
+        super().__init__(ge=ge)
 
     def describe(self) -> str:
         return f'integer >= {self.ge}, or "auto"'
@@ -156,12 +194,12 @@ class _IntOrAuto(_Number):
             ) from None
 
 
-class _StrList(_Kind):
+class StrList(Kind):
     """A non-empty list of strings; a comma-separated string is accepted too."""
 
     parse_env = False
 
-    def __init__(self, item: _Str, min_items: int = 1, unique: bool = False):
+    def __init__(self, *, item: Str, min_items: int = 1, unique: bool = False) -> None:
         self.item, self.min_items, self.unique = item, min_items, unique
 
     def describe(self) -> str:
@@ -189,7 +227,7 @@ class _StrList(_Kind):
         return tuple(out)
 
 
-class _Mapping(_Kind):
+class FreeMapping(Kind):
     """A free mapping (client options), checked later by its section's validator."""
 
     text = "mapping"
@@ -204,19 +242,18 @@ class _Mapping(_Kind):
         return types.MappingProxyType(dict(value))
 
 
-class _Section(_Kind):
+class Section(Kind):
+    """A nested section: the keys of the dataclass ``cls``."""
+
+    text = "section"
     parse_env = False
 
-    def __init__(self, cls: type):
+    def __init__(self, *, cls: type) -> None:
         self.cls = cls
-        self.text = "section"
-
-
-_REQUIRED = object()
 
 
 def _key(
-    kind: _Kind, default: Any, doc: str, *, nullable: bool = False, required: bool = False
+    kind: Kind, default: Any, doc: str, *, nullable: bool = False, required: bool = False
 ) -> Any:
     """Declare one config key: its kind, default and description (the schema table)."""
     meta = {
@@ -226,7 +263,7 @@ def _key(
         "nullable": nullable,
         "required": required,
     }
-    if isinstance(kind, _Section):
+    if isinstance(kind, Section):
         return field(default_factory=kind.cls, metadata=meta)
     if isinstance(default, Mapping):
         return field(default_factory=lambda: types.MappingProxyType(dict(default)), metadata=meta)

@@ -18,7 +18,7 @@ import yaml
 
 from .checks import _cross_checks
 from .env import _expand_tree, _scalar_from_env
-from .kinds import _Invalid, _Kind, _Mapping, _Section, _show
+from .kinds import FreeMapping, Kind, Section, _Invalid, _show
 from .schema import Config
 
 
@@ -60,9 +60,9 @@ def _build(cls: type, raw: Any, path: str, env: Mapping[str, str], errors: list[
     values: dict[str, Any] = {}
     for name, f in known.items():
         meta = f.metadata
-        kind: _Kind = meta["kind"]
+        kind: Kind = meta["kind"]
         full = f"{path}.{name}" if path else name
-        if isinstance(kind, _Section):
+        if isinstance(kind, Section):
             values[name] = _build(kind.cls, raw.get(name), full, env, errors)
             continue
         if name not in raw:
@@ -73,7 +73,7 @@ def _build(cls: type, raw: Any, path: str, env: Mapping[str, str], errors: list[
         value = raw[name]
         try:
             from_env = False
-            if not isinstance(kind, _Mapping):  # free mappings are expanded by their checker
+            if not isinstance(kind, FreeMapping):  # free mappings are expanded by their checker
                 value, from_env = _expand_tree(value, "", env)
             if from_env and kind.parse_env and isinstance(value, str):
                 value = _scalar_from_env(value)

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .kinds import _Section
+from .kinds import Section
 from .schema import Config
 
 
@@ -21,7 +21,7 @@ def iter_keys(cls: type = Config, prefix: str = ""):
     for f in fields(cls):
         path = f"{prefix}{f.name}"
         kind = f.metadata["kind"]
-        if isinstance(kind, _Section):
+        if isinstance(kind, Section):
             yield from iter_keys(kind.cls, path + ".")
         else:
             yield path, f
@@ -57,7 +57,7 @@ def reference_markdown() -> str:
     ]
 
     def section(cls: type, prefix: str) -> None:
-        leaves = [f for f in fields(cls) if not isinstance(f.metadata["kind"], _Section)]
+        leaves = [f for f in fields(cls) if not isinstance(f.metadata["kind"], Section)]
         if leaves:
             lines.extend(["", f"## `{prefix.rstrip('.')}`", "", (cls.__doc__ or "").strip(), ""])
             lines.append("| key | type | default | description |")
@@ -69,7 +69,7 @@ def reference_markdown() -> str:
                 doc = meta["doc"].replace("|", "\\|")
                 lines.append(f"| `{prefix}{f.name}` | {kind_text} | {default} | {doc} |")
         for f in fields(cls):
-            if isinstance(f.metadata["kind"], _Section):
+            if isinstance(f.metadata["kind"], Section):
                 section(f.metadata["kind"].cls, f"{prefix}{f.name}.")
 
     section(Config, "")
