@@ -49,7 +49,7 @@ def reference_markdown() -> str:
     lines = [
         "# streamgmm configuration reference",
         "",
-        "Generated from `streamgmm/config.py` by `streamgmm.config.reference_markdown()`; "
+        "Generated from `streamgmm/config/schema.py` by `streamgmm.config.reference_markdown()`; "
         "do not edit by hand. `config/streamgmm.yaml` is the annotated example.",
         "",
         "Unknown keys are errors. `${VAR}` and `${VAR:-default}` in string values are "
