@@ -273,6 +273,6 @@ def test_nothing_in_the_package_can_unpickle():
                 problems.append(f"{where}:{call.lineno} {name}()")
     assert not problems, "\n".join(problems)
     assert np_loads >= 1  # the checkpoint loader was inspected
-    from streamgmm.config import _UniqueKeyLoader
+    from streamgmm.config.loader import _UniqueKeyLoader
 
     assert issubclass(_UniqueKeyLoader, yaml.SafeLoader)
