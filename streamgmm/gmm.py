@@ -1312,7 +1312,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         [[-14.6, 6.3, -0.0]]
         >>> surprise, expected = gmm.field_surprise(event)
         >>> surprise.round(1).tolist(), expected.round().tolist()
-        ([[106.6, 19.3, 128.6]], [[89.0, 22.0, 40.0]])
+        ([[109.4, 22.3, 131.2]], [[90.0, 20.0, 40.0]])
         """
         self._check_fitted()
         X = self._validate(X, reset=False)
