@@ -91,13 +91,16 @@ def timed(name: str) -> Iterator[None]:
 
 def run(argv: list[str], *, check: bool = True, quiet: bool = False, timeout: float = 900):
     """Run a command; its output is shown unless ``quiet`` (then returned)."""
-    result = subprocess.run(
-        argv,
-        text=True,
-        timeout=timeout,
-        stdout=subprocess.PIPE if quiet else None,
-        stderr=subprocess.STDOUT if quiet else None,
-    )
+    try:
+        result = subprocess.run(
+            argv,
+            text=True,
+            timeout=timeout,
+            stdout=subprocess.PIPE if quiet else None,
+            stderr=subprocess.STDOUT if quiet else None,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CheckFailed(f"`{' '.join(argv)}` did not end within {timeout:.0f} s") from exc
     if check and result.returncode != 0:
         output = f":\n{result.stdout}" if quiet and result.stdout else ""
         raise CheckFailed(f"`{' '.join(argv)}` exited {result.returncode}{output}")
@@ -145,10 +148,13 @@ def base_image() -> None:
         step(f"base: cached {tarball.relative_to(ROOT)} ({tarball.stat().st_size >> 20} MiB)")
     else:
         step(f"base: mmdebstrap {SUITE} with {BASE_PACKAGES} (about a minute, once)")
-        partial = tarball.with_suffix(".tar.partial")
+        partial = tarball.with_name(tarball.name + ".partial")  # renamed when complete
+        if partial.is_dir():
+            shutil.rmtree(partial)
+        partial.unlink(missing_ok=True)  # a run interrupted before
         with timed("mmdebstrap"):
-            run(["mmdebstrap", "--quiet", "--variant=minbase", f"--include={BASE_PACKAGES}",
-                 SUITE, str(partial)])  # fmt: skip
+            run(["mmdebstrap", "--quiet", "--variant=minbase", "--format=tar",
+                 f"--include={BASE_PACKAGES}", SUITE, str(partial)])  # fmt: skip
         partial.replace(tarball)
     stamp = f"{tarball.stat().st_size}-{tarball.stat().st_mtime_ns}"
     label = podman("image", "inspect", "--format",
@@ -212,14 +218,22 @@ def wheelhouse() -> None:
     step(f"wheelhouse: {len(list(WHEELHOUSE.glob('*.whl')))} wheels, {size} MiB")
 
 
+def image_id(name: str) -> str | None:
+    found = podman("image", "inspect", "--format", "{{.Id}}", name, check=False, quiet=True)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
 def build(no_cache: bool) -> None:
     step(f"build: podman build {IMAGE} (no network; base and wheels from the cache)")
+    previous = image_id(IMAGE)
     with timed("build"):
         podman("build", "--format", "docker", "--network", "none",
                *(["--no-cache"] if no_cache else []),
                "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
                "--build-arg", f"WHEELHOUSE={WHEELHOUSE.relative_to(ROOT)}",
                "--tag", IMAGE, str(ROOT), quiet=True)  # fmt: skip
+    if previous not in (None, image_id(IMAGE)):  # the image this one replaces
+        podman("rmi", previous, check=False, quiet=True)
     size = podman("image", "inspect", "--format", "{{.Size}}", IMAGE, quiet=True).stdout
     TIMINGS["image MB"] = round(int(size) / 1e6)
     step(f"build: done in {TIMINGS['build']} s, image {TIMINGS['image MB']} MB")
@@ -326,7 +340,7 @@ def run_container(args: argparse.Namespace, results: dict[str, Any]) -> None:
                "--env", f"STREAMGMM_GROUP_ID=image-test-{os.getpid()}",
                "--env", f"STREAMGMM_METRICS_PORT={metrics_port}",
                IMAGE, quiet=True)  # fmt: skip
-        created.insert(0, ["rm", "--force", "--time", "5", name])
+        created.insert(0, ["rm", "--force", "--volumes", "--time", "5", name])
         started = time.monotonic()
 
         def alive() -> None:
@@ -440,7 +454,7 @@ def main() -> int:
     args = parser.parse_args()
 
     def terminate(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwinds through the cleanup
+        raise KeyboardInterrupt  # unwinds through the cleanup
 
     signal.signal(signal.SIGTERM, terminate)
     check_host()
@@ -454,6 +468,9 @@ def main() -> int:
     except CheckFailed as exc:
         step(f"FAILED: {exc}")
         return 1
+    except KeyboardInterrupt:
+        step("interrupted (cleaned up)")
+        return 130
     TIMINGS["total"] = round(time.monotonic() - STARTED, 1)
     step("PASSED")
     for key, value in results.items():
