@@ -13,11 +13,26 @@
 # and /readyz listen on 0.0.0.0:9108 inside the container
 # (STREAMGMM_METRICS_HOST). Both stages use the same base image, so the
 # virtualenv built in the first one runs unchanged in the second.
+#
+# Two build arguments serve hosts without a registry or a package index
+# (`make image-test` uses both; docs/operations.md, section 1.3):
+#   BASE_IMAGE  any Debian-like image with Python 3.11, python3-venv and
+#               useradd, e.g. one made by mmdebstrap and `podman import`;
+#   WHEELHOUSE  a directory of wheels inside the build context (the
+#               dependencies and setuptools/wheel, from `pip download`):
+#               pip then installs from it alone, without an index.
+#   docker build --build-arg BASE_IMAGE=localhost/debian-python:bookworm \
+#       --build-arg WHEELHOUSE=build/image/wheels -t streamgmm:0.1.0 .
 # docs/operations.md has the details.
+
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------
 # builder: a self-contained virtualenv in /opt/streamgmm
-FROM python:3.11-slim-bookworm AS builder
+FROM ${BASE_IMAGE} AS builder
+
+# Empty: the dependencies come from the package index.
+ARG WHEELHOUSE=""
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -30,14 +45,17 @@ COPY pyproject.toml README.md ./
 COPY streamgmm ./streamgmm
 # numpy, scipy (with OpenBLAS) and river come as binary wheels: no compiler.
 # pip and setuptools are removed afterwards (here and from the base image
-# below): the runtime never installs anything.
-RUN /opt/streamgmm/bin/python -m pip install --no-cache-dir --only-binary=:all: --no-binary=streamgmm . \
+# below): the runtime never installs anything. The build context is mounted
+# (read-only, never copied into a layer) only to reach the WHEELHOUSE.
+RUN --mount=type=bind,target=/context \
+    if [ -n "$WHEELHOUSE" ]; then set -- --no-index --find-links "/context/$WHEELHOUSE"; fi \
+    && /opt/streamgmm/bin/python -m pip install --no-cache-dir "$@" --only-binary=:all: --no-binary=streamgmm . \
     && /opt/streamgmm/bin/streamgmm --help > /dev/null \
     && /opt/streamgmm/bin/python -m pip uninstall --yes pip setuptools
 
 # ---------------------------------------------------------------------------
 # runtime: the virtualenv, the config, an unprivileged user; nothing else
-FROM python:3.11-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="streamgmm" \
       org.opencontainers.image.description="Streaming anomaly detection for Kafka with an online Gaussian mixture model" \
@@ -49,7 +67,9 @@ RUN groupadd --system --gid 10001 streamgmm \
        --home-dir /var/lib/streamgmm --shell /usr/sbin/nologin streamgmm \
     && install -d -o streamgmm -g streamgmm -m 0700 /var/lib/streamgmm \
     && install -d -m 0755 /etc/streamgmm \
-    && python -m pip uninstall --yes pip setuptools wheel
+    && if python -m pip --version > /dev/null 2>&1; then \
+           python -m pip uninstall --yes pip setuptools wheel; \
+       fi
 
 COPY --from=builder /opt/streamgmm /opt/streamgmm
 COPY config/container.yaml /etc/streamgmm/streamgmm.yaml

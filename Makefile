@@ -1,11 +1,13 @@
 # streamgmm: `make demo` and `make test` work from a fresh clone.
+# `make image-test` (root, podman, runc, mmdebstrap; minutes) builds the
+# container image and runs it against a broker; not part of `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DURATION ?= 0
 
-.PHONY: all venv demo test lint format bench soak system-tools clean
+.PHONY: all venv demo test lint format bench soak image-test system-tools clean
 
 all: test
 
@@ -44,6 +46,11 @@ bench: $(STAMP)
 soak: $(STAMP) system-tools
 	STREAMGMM_FIGURES=docs/reliability/figures $(PY) -m pytest -m "slow or reliability" tests -s --timeout=7200
 	$(PY) scripts/reliability_report.py
+
+# Build the image offline (mmdebstrap base and wheelhouse cached in build/image)
+# and check it against an embedded broker: docs/operations.md, section 1.3.
+image-test: $(STAMP)
+	$(PY) scripts/image_test.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -49,9 +49,11 @@ class Instruction:
         return flags, rest
 
 
-def parse_dockerfile(path: Path) -> list[list[Instruction]]:
-    """Instructions grouped by build stage (line continuations joined, comments dropped)."""
+def parse_dockerfile(path: Path) -> tuple[list[list[Instruction]], list[Instruction]]:
+    """Instructions grouped by build stage (line continuations joined, comments dropped),
+    and the ARG instructions before the first FROM."""
     stages: list[list[Instruction]] = []
+    global_args: list[Instruction] = []
     pending, start = "", 0
     for number, raw in enumerate(path.read_text().splitlines(), 1):
         stripped = raw.strip()
@@ -71,13 +73,25 @@ def parse_dockerfile(path: Path) -> list[list[Instruction]]:
         if instruction.keyword == "FROM":
             stages.append([])
         elif not stages:
-            continue  # ARG before the first FROM
+            global_args.append(instruction)  # ARG before the first FROM
+            continue
         stages[-1].append(instruction)
-    return stages
+    return stages, global_args
 
 
-STAGES = parse_dockerfile(DOCKERFILE)
+def arg_defaults(instructions: list[Instruction]) -> dict[str, str]:
+    """``ARG NAME=default`` instructions as a mapping (quotes removed)."""
+    defaults = {}
+    for instruction in instructions:
+        if instruction.keyword == "ARG":
+            name, _, default = instruction.args.partition("=")
+            defaults[name] = shlex.split(default)[0] if default.strip('"') else ""
+    return defaults
+
+
+STAGES, GLOBAL_ARGS = parse_dockerfile(DOCKERFILE)
 FINAL = STAGES[-1]
+BUILD_ARGS = arg_defaults(GLOBAL_ARGS)
 
 
 def final(keyword: str) -> list[Instruction]:
@@ -87,6 +101,14 @@ def final(keyword: str) -> list[Instruction]:
 def stage_name(stage: list[Instruction]) -> str | None:
     words = shlex.split(stage[0].args) if stage else []
     return words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+
+
+def stage_base(stage: list[Instruction], build_args: dict[str, str] = BUILD_ARGS) -> str:
+    """The stage's FROM image with the global build arguments substituted."""
+    image = shlex.split(stage[0].args)[0]
+    for name, value in build_args.items():
+        image = image.replace("${" + name + "}", value)
+    return image
 
 
 # ---------------------------------------------------------------------------
@@ -112,12 +134,76 @@ def test_multi_stage_build_with_a_slim_python_runtime():
     assert len(STAGES) >= 2
     builder = stage_name(STAGES[0])
     assert builder
-    base = shlex.split(FINAL[0].args)[0]
+    base = stage_base(FINAL)
     assert base.startswith("python:3.11-slim"), base
     copies = [i.flags_and_rest() for i in final("COPY")]
     assert any(flags.get("from") == builder for flags, _ in copies), "runtime copies nothing built"
     # both stages share the base image, so the virtualenv's interpreter path holds
-    assert shlex.split(STAGES[0][0].args)[0] == base
+    assert stage_base(STAGES[0]) == base
+
+
+def test_the_base_image_is_a_build_argument_shared_by_both_stages():
+    assert BUILD_ARGS["BASE_IMAGE"] == "python:3.11-slim-bookworm", "default unchanged"
+    for stage in STAGES:
+        assert shlex.split(stage[0].args)[0] == "${BASE_IMAGE}", stage[0].line
+    local = {"BASE_IMAGE": "localhost/streamgmm-base:bookworm"}
+    assert {stage_base(stage, local) for stage in STAGES} == {local["BASE_IMAGE"]}
+
+
+def builder_install() -> Instruction:
+    (install,) = [i for i in STAGES[0] if i.keyword == "RUN" and "pip install" in i.args]
+    return install
+
+
+def run_builder_install(tmp_path: Path, wheelhouse: str | None) -> list[list[str]]:
+    """Run the builder's install command with stand-ins for the venv's programs.
+
+    Returns the argument lists the venv's python and streamgmm were called with.
+    """
+    _, command = builder_install().flags_and_rest()
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.jsonl"
+    bin_dir.mkdir()
+    for name in ("python", "streamgmm"):
+        stub = bin_dir / name
+        stub.write_text(
+            f"#!{sys.executable}\nimport json, sys\n"
+            f"with open({str(calls)!r}, 'a') as f: f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        )
+        stub.chmod(0o755)
+    env = {"PATH": os.environ["PATH"]}
+    if wheelhouse is not None:
+        env["WHEELHOUSE"] = wheelhouse  # a build argument is in the RUN's environment
+    command = command.replace("/opt/streamgmm/bin/", f"{bin_dir}/")
+    result = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in calls.read_text().splitlines()]
+
+
+def test_the_wheelhouse_is_an_empty_build_argument_by_default():
+    defaults = arg_defaults(STAGES[0])
+    assert defaults["WHEELHOUSE"] == ""
+    flags, _ = builder_install().flags_and_rest()
+    mount = dict(part.split("=", 1) for part in flags["mount"].split(","))
+    # the context is bind-mounted (read-only: no "rw"), so no wheel lands in a layer
+    assert mount == {"type": "bind", "target": "/context"}
+
+
+@pytest.mark.parametrize("wheelhouse", [None, ""])
+def test_without_a_wheelhouse_pip_installs_from_the_index(tmp_path, wheelhouse):
+    install, check, uninstall = run_builder_install(tmp_path, wheelhouse)
+    assert install[:3] == ["-m", "pip", "install"]
+    assert "--no-index" not in install and "--find-links" not in install
+    assert install[-1] == "." and "--only-binary=:all:" in install
+    assert check == ["--help"]
+    assert uninstall[:3] == ["-m", "pip", "uninstall"]
+
+
+def test_with_a_wheelhouse_pip_installs_from_it_alone(tmp_path):
+    install, *_ = run_builder_install(tmp_path, "build/image/wheels")
+    assert install[:3] == ["-m", "pip", "install"]
+    assert "--no-index" in install
+    assert install[install.index("--find-links") + 1] == "/context/build/image/wheels"
+    assert install[-1] == "."
 
 
 def test_runtime_has_no_compilers_or_package_installs():
@@ -263,11 +349,14 @@ def test_build_context_holds_the_sources_and_nothing_else():
     ]
     needed = ["pyproject.toml", "README.md", "config/container.yaml"]
     needed += [str(p.relative_to(ROOT)) for p in (ROOT / "streamgmm").rglob("*.py")]
+    # the wheelhouse of `make image-test` (--build-arg WHEELHOUSE=build/image/wheels)
+    needed += ["build/image/wheels/numpy-2.0.0-cp311-cp311-manylinux_2_17_x86_64.whl"]
     for path in needed:
         assert not dockerignore_excludes(path, patterns), f"{path} is left out of the context"
     for path in [".venv/bin/python", ".git/HEAD", "tests/unit/test_ops_docker.py",
                  "streamgmm/__pycache__/gmm.cpython-311.pyc", "benchmarks/results/x.csv",
-                 "model.npz", "config/streamgmm.yaml"]:  # fmt: skip
+                 "model.npz", "config/streamgmm.yaml", "build/image/base-bookworm.tar",
+                 "build/lib/streamgmm/gmm.py"]:  # fmt: skip
         assert dockerignore_excludes(path, patterns), f"{path} is sent to the build context"
 
 
