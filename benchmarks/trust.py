@@ -570,6 +570,29 @@ def pool_table(results: list[PoolResult]) -> tuple[str, list[Target]]:
 # command line
 
 
+def streamgmm_source() -> str:
+    """Where ``streamgmm`` was imported from, and its git revision there.
+
+    The benchmark may run against another checkout than its own
+    (``PYTHONPATH=/path/to/checkout python benchmarks/trust.py``); the report says which.
+    """
+    import subprocess
+
+    import streamgmm
+
+    root = Path(streamgmm.__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "log", "-1", "--format=%h %s"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        rev = "no git revision"
+    return f"`{root}` (git {rev})"
+
+
 def parse_params(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
@@ -652,7 +675,8 @@ def run(args: argparse.Namespace) -> Report:
         f"Sets: river's shuttle and `{where}/*.npz`"
         + (" (not found: shuttle only)" if missing_npz else "")
         + f". Detector parameters: {shown_params}. Rows in file order; ROC-AUC over all "
-        "rows, warm-up included; higher score = more anomalous.",
+        "rows, warm-up included; higher score = more anomalous. streamgmm imported from "
+        f"{streamgmm_source()}.",
         "",
         "## Cut table",
         "",
