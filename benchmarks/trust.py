@@ -102,15 +102,18 @@ def list_sets(directory: Path | None, names: Sequence[str] | None = None) -> dic
                 f"(data directory {directory})"
             )
         sets = {name: path for name, path in sets.items() if name in names}
-    sizes = {name: _n_rows(path) for name, path in sets.items()}
+    sizes = {name: set_shape(path)[0] for name, path in sets.items()}
     return dict(sorted(sets.items(), key=lambda item: -sizes[item[0]]))
 
 
-def _n_rows(path: Path) -> int:
+def set_shape(path: Path) -> tuple[int, int]:
+    """(rows, features) of a set, without keeping it."""
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
-            return int(npz["y"].shape[0])
-    return 49_097 if path.name == "shuttle.csv.gz" else 0
+            return tuple(npz["X"].shape)  # type: ignore[return-value]
+    if path.name == "shuttle.csv.gz":
+        return 49_097, 9
+    return load_set(path)[0].shape
 
 
 def load_set(path: Path, max_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -331,6 +334,14 @@ class Task:
     cuts: tuple[int | str, ...]
     blas_threads: int | None
 
+    def cost(self) -> float:
+        """A rough guess of the seconds it takes, to start the longest tasks first."""
+        n, d = set_shape(self.path)
+        n = min(n, self.max_rows or n)
+        if self.kind == "pool":
+            return n * 4e-5  # HalfSpaceTrees per event dominates
+        return len(self.seeds) * len(self.cuts) * n * 1e-5 * (1 + d / 50)
+
 
 def run_task(task: Task) -> CutResult | PoolResult:
     from bench_common import blas_threads
@@ -363,8 +374,10 @@ def run_tasks(tasks: list[Task], jobs: int = 1) -> list[CutResult | PoolResult]:
     import multiprocessing
 
     by_index: dict[int, CutResult | PoolResult] = {}
+    # longest first: the last task to start is a short one, so the workers end together
+    order = sorted(enumerate(tasks), key=lambda item: -item[1].cost())
     with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        for index, result in pool.imap_unordered(_indexed, list(enumerate(tasks))):
+        for index, result in pool.imap_unordered(_indexed, order):
             by_index[index] = result
             done(result, tasks[index].kind)
     return [by_index[i] for i in range(len(tasks))]
@@ -570,6 +583,43 @@ def pool_table(results: list[PoolResult]) -> tuple[str, list[Target]]:
 # command line
 
 
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def results_json(
+    cut_results: list[CutResult], pool_results: list[PoolResult], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Every AUC of the run as plain JSON (NaN as null), to compare runs in a script."""
+    return {
+        "settings": settings,
+        "cut": {
+            r.name: {
+                "n": r.n,
+                "d": r.d,
+                "anomaly_share": r.anomaly_share,
+                "seeds": list(r.seeds),
+                "cuts": [cut_label(c) for c in r.cuts],
+                "auc": [[_finite_or_none(v) for v in row] for row in r.auc],
+                "seconds": r.seconds,
+            }
+            for r in cut_results
+        },
+        "pool": {
+            r.name: {
+                "n": r.n,
+                "d": r.d,
+                "anomaly_share": r.anomaly_share,
+                "ours": _finite_or_none(r.ours),
+                "hst": _finite_or_none(r.hst),
+                "isolation_forest": _finite_or_none(r.isolation_forest),
+                "seconds": r.seconds,
+            }
+            for r in pool_results
+        },
+    }
+
+
 def streamgmm_source() -> str:
     """Where ``streamgmm`` was imported from, and its git revision there.
 
@@ -649,6 +699,7 @@ def run(args: argparse.Namespace) -> Report:
         what = f"no set named {names} in {directory}"
         return finish(missing_data_report(NAME, TITLE, what), out_dir)
 
+    source = streamgmm_source()  # before the run: a checkout may move while it runs
     blas = 1 if args.jobs > 1 else None  # one BLAS thread per worker: no oversubscription
     tasks = [
         Task("cut", name, path, max_rows, params, seeds, cuts, blas) for name, path in sets.items()
@@ -676,7 +727,7 @@ def run(args: argparse.Namespace) -> Report:
         + (" (not found: shuttle only)" if missing_npz else "")
         + f". Detector parameters: {shown_params}. Rows in file order; ROC-AUC over all "
         "rows, warm-up included; higher score = more anomalous. streamgmm imported from "
-        f"{streamgmm_source()}.",
+        f"{source} at the start of the run.",
         "",
         "## Cut table",
         "",
@@ -705,6 +756,19 @@ def run(args: argparse.Namespace) -> Report:
         ]
         targets += pool_targets
     body += ["", f"Command: `python benchmarks/trust.py {' '.join(args.argv)}`".rstrip()]
+    if args.json:
+        settings = {
+            "params": params,
+            "max_rows": max_rows,
+            "pool_max_rows": pool_max_rows,
+            "source": source,
+            "argv": args.argv,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(results_json(cut_results, pool_results, settings), indent=1) + "\n"
+        )
+        print(f"[AUCs written to {args.json}]", file=sys.stderr)
     return finish(Report(NAME, TITLE, "\n".join(body), targets), out_dir)
 
 
@@ -745,6 +809,9 @@ def main(argv: list[str] | None = None) -> Report:
         help="batch sizes and/or 'river' (default: 8 64 500 2000 river)",
     )
     parser.add_argument("--no-pool", action="store_true", help="the cut table only")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write every AUC to this JSON file"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (sets in parallel)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

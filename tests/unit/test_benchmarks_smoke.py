@@ -7,6 +7,7 @@ checks a result, not only that the code runs.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -241,11 +242,18 @@ def test_trust_main_runs_sets_in_worker_processes(tmp_path):
             "2",
             "--out",
             str(tmp_path),
+            "--json",
+            str(tmp_path / "trust.json"),
         ]
     )
     assert [t.met for t in report.targets].count(None) == 0
     written = (tmp_path / "trust.md").read_text()
     assert "| tiny | 0 |" in written and "## Pool table" in written
     assert '{"warmup": 100}' in written
+    saved = json.loads((tmp_path / "trust.json").read_text())
+    assert saved["settings"]["params"] == {"warmup": 100}
+    assert saved["cut"]["tiny"]["cuts"] == ["64", "river"]
+    pool = saved["pool"]["tiny"]
+    assert f"| tiny | 800 | 3 | 2.00% | {pool['ours']:.3f} | {pool['hst']:.3f} |" in written
     with pytest.raises(SystemExit, match="unknown set"):
         trust.main(["--data", str(tmp_path), "--sets", "absent", "--out", str(tmp_path)])
