@@ -198,6 +198,15 @@ def test_trust_cut_table_spreads_and_targets():
     assert targets[1].met == bool(result.auc.mean(axis=0).min() >= trust.MEAN_FLOOR)
     assert "| easy | 1 |" in trust.cut_tables([result])
 
+    # the worker processes get one seed each: merged, the same table
+    parts = [
+        trust.evaluate_cuts("easy", X, y, {"warmup": 200}, seeds=(s,), cuts=(64, "river"))
+        for s in (0, 1)
+    ]
+    (merged,) = trust.merge_seeds(parts)
+    assert merged.seeds == (0, 1)
+    np.testing.assert_array_equal(merged.auc, result.auc)
+
 
 def test_trust_pool_flags_a_rare_set_far_below_hst():
     rows = [
