@@ -105,8 +105,8 @@ def compare(
     X_test, _ = truth.sample(n_test, rng)
 
     start = time.perf_counter()
-    online = OnlineGaussianMixture(
-        n_components=K, covariance_type=covariance_type, random_state=seed
+    online = OnlineGaussianMixture(  # scikit-learn's reg_covar: the same model as batch EM
+        n_components=K, covariance_type=covariance_type, reg_covar=1e-6, random_state=seed
     )
     for begin in range(0, n_train, batch_size):
         online.partial_fit(X_train[begin : begin + batch_size])
@@ -222,7 +222,9 @@ def concentric(
     order = rng.permutation(len(X))
     X, labels = X[order], labels[order]
 
-    model = OnlineGaussianMixture(n_components=2, covariance_type="full", random_state=seed)
+    model = OnlineGaussianMixture(
+        n_components=2, covariance_type="full", reg_covar=1e-6, random_state=seed
+    )
     for begin in range(0, len(X), batch_size):
         model.partial_fit(X[begin : begin + batch_size])
     recovered = np.sqrt(np.trace(model.covariances_, axis1=1, axis2=2) / 2.0)

@@ -122,6 +122,8 @@ OUTLIER_FIELDS = (
     "responsibilities",
     "mahalanobis",
     "contributions",
+    "surprise",
+    "expected",
     "model_events_seen",
     "detected_at",
 )
@@ -676,6 +678,8 @@ def encode_outlier(
     responsibilities: Sequence[float] | np.ndarray,
     mahalanobis: float,
     contributions: Mapping[str, float],
+    surprise: Mapping[str, float],
+    expected: Mapping[str, float],
     model_events_seen: int,
     detected_at: datetime | float | None = None,
 ) -> bytes:
@@ -689,12 +693,19 @@ def encode_outlier(
         Soft membership of the event in each component.
     contributions : mapping of field name to float
         Standardised residual of each field against the best component.
+    surprise : mapping of field name to float
+        ``-log p(x_j | x_-j)`` of each field in nats: the highest is the odd
+        field given the others.
+    expected : mapping of field name to float
+        ``E[x_j | x_-j]``, what the model expected of each field given the
+        others, in the field's units.
     detected_at : datetime (UTC), epoch seconds, or None for now
 
     >>> rec = json.loads(encode_outlier(topic="t", partition=0, offset=5, timestamp_ms=1,
     ...     key=None, event={"x": 9}, log_likelihood=float("-inf"), score=float("inf"),
     ...     threshold=12.5, component=1, responsibilities=[0.25, 0.75], mahalanobis=4.0,
-    ...     contributions={"x": 4.0}, model_events_seen=10, detected_at=0))
+    ...     contributions={"x": 4.0}, surprise={"x": 9.1}, expected={"x": 1.5},
+    ...     model_events_seen=10, detected_at=0))
     >>> rec["log_likelihood"], rec["responsibilities"], rec["detected_at"]
     (None, [0.25, 0.75], '1970-01-01T00:00:00.000Z')
     """
@@ -712,6 +723,8 @@ def encode_outlier(
         _floats(responsibilities),
         _float(mahalanobis),
         {str(k): _float(v) for k, v in contributions.items()},
+        {str(k): _float(v) for k, v in surprise.items()},
+        {str(k): _float(v) for k, v in expected.items()},
         _int(model_events_seen),
         rfc3339_ms(detected_at),
     )
@@ -813,7 +826,7 @@ def encode_score_records(
     keys: Sequence[str | None],
     log_likelihood: Sequence[float] | np.ndarray,
     score: Sequence[float] | np.ndarray,
-    threshold: float,
+    threshold: float | Sequence[float] | np.ndarray,
     outlier: Sequence[bool] | np.ndarray,
     component: Sequence[int] | np.ndarray,
     responsibilities: Sequence[Sequence[float]] | np.ndarray,
@@ -824,6 +837,8 @@ def encode_score_records(
     Parameters
     ----------
     log_likelihood, score : array-like of shape (n,)
+    threshold : float or array-like of shape (n,)
+        The threshold in force for each event (one for all, or one each).
     outlier : array-like of shape (n,), bool
     component : array-like of shape (n,), int
     responsibilities : array-like of shape (n, n_components)
@@ -832,7 +847,7 @@ def encode_score_records(
     sc = _floats(score)
     resp = np.asarray(responsibilities, dtype=np.float64)
     resp_rows = resp.tolist() if np.isfinite(resp).all() else [_floats(r) for r in resp]
-    thr = _float(threshold)
+    thr = _floats(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(ll),)))
     flags = np.asarray(outlier, dtype=bool).tolist()
     comps = np.asarray(component).astype(int).tolist()
     seen = int(model_events_seen)
@@ -846,7 +861,7 @@ def encode_score_records(
             keys[i],
             ll[i],
             sc[i],
-            thr,
+            thr[i],
             flags[i],
             comps[i],
             resp_rows[i],

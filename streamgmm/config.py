@@ -51,6 +51,8 @@ from typing import Any
 
 import yaml
 
+from .defaults import MIN_WARMUP, MODEL_DEFAULTS
+
 __all__ = [
     "CheckpointConfig",
     "Config",
@@ -413,54 +415,63 @@ class ModelConfig:
 
     n_components: int | str = _key(
         _IntOrAuto(ge=1),
-        "auto",
+        MODEL_DEFAULTS.n_components,
         'Number of mixture components, or "auto" to choose 1..max_components by BIC '
         "on the warm-up events.",
     )
     max_components: int = _key(
-        _Number(True, ge=1, le=256), 6, 'Largest number of components tried by "auto".'
+        _Number(True, ge=1, le=256),
+        MODEL_DEFAULTS.max_components,
+        'Largest number of components tried by "auto".',
     )
     covariance_type: str = _key(
         _Choice("full", "diag", "spherical"),
-        "diag",
+        MODEL_DEFAULTS.covariance_type,
         "Shape of each component: diag (independent fields within a component; the "
         "default, as it detects best on real data: correlations are carried by several "
         "components), full (correlated fields, more parameters to learn from the "
         "warm-up), spherical (one variance per component).",
     )
     warmup: int = _key(
-        _Number(True, ge=2),
-        500,
-        "Events buffered and fitted by batch EM before scoring starts; they are counted "
-        "as warm-up, never flagged.",
+        _Number(True, ge=MIN_WARMUP),
+        MODEL_DEFAULTS.warmup,
+        "The first events, scored one by one by a running Gaussian (after 50, one far "
+        "out even for it is flagged and left out), then fitted by batch EM; counted as "
+        "warm-up.",
     )
     standardize: bool = _key(
         _Bool(),
-        True,
+        MODEL_DEFAULTS.standardize,
         "Scale each field by its warm-up mean and standard deviation (then fixed), so "
         "fields in different units weigh alike.",
     )
     learn_from_outliers: bool = _key(
         _Bool(),
-        False,
+        MODEL_DEFAULTS.learn_from_outliers,
         "Also learn from flagged events. Off, an attack cannot teach the model that it is normal.",
     )
     reg_covar: float = _key(
         _Number(False, gt=0),
-        0.05,
+        MODEL_DEFAULTS.reg_covar,
         "Covariance floor added to each component, in standardised units: keeps "
         "components from collapsing onto repeated values.",
     )
     half_life: int | None = _key(
         _Number(True, gt=0),
-        None,
+        MODEL_DEFAULTS.half_life,
         "Forgetting: events after which an event's weight in the model halves, for "
         "drifting streams; null never forgets.",
         nullable=True,
     )
+    n_init: int = _key(
+        _Number(True, ge=1, le=100),
+        MODEL_DEFAULTS.n_init,
+        "k-means++ starts of each batch fit (the warm-up, a new regime); the best "
+        "wins. More make the first mixture depend less on the seed, once, at a cost.",
+    )
     random_state: int | None = _key(
         _Number(True, ge=0),
-        None,
+        MODEL_DEFAULTS.random_state,
         "Seed for initialisation; null for a random one.",
         nullable=True,
     )

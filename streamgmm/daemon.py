@@ -112,6 +112,7 @@ def build_detector(config: Config) -> Detector:
         learn_from_outliers=m.learn_from_outliers,
         threshold=build_threshold(config),
         max_components=m.max_components,
+        n_init=m.n_init,
         random_state=m.random_state,
     )
 
@@ -520,11 +521,13 @@ class Daemon:
                 topic=record.topic, partition=record.partition, offset=record.offset,
                 timestamp_ms=record.timestamp, key=key, event=decoded.events[row],
                 log_likelihood=result.log_likelihood[row], score=result.score[row],
-                threshold=result.threshold, component=result.component[row],
+                threshold=result.threshold[row], component=result.component[row],
                 responsibilities=result.responsibilities[row],
                 mahalanobis=result.mahalanobis[row],
                 contributions=dict(zip(self.fields, result.contributions[row].tolist(),
                                        strict=True)),
+                surprise=dict(zip(self.fields, result.surprise[row].tolist(), strict=True)),
+                expected=dict(zip(self.fields, result.expected[row].tolist(), strict=True)),
                 model_events_seen=self.detector.n_seen, detected_at=now,
             )  # fmt: skip
             message_key = (
@@ -583,8 +586,8 @@ class Daemon:
 
     def _publish_model_metrics(self, result: BatchResult | None) -> None:
         detector = self.detector
-        if result is not None and math.isfinite(result.threshold):
-            self.metrics.threshold.set(result.threshold)
+        if detector.is_warmed_up and math.isfinite(detector.threshold.value):
+            self.metrics.threshold.set(detector.threshold.value)
         if detector.is_warmed_up:
             self.metrics.set_components(detector.model.weights_)
             reseeds = detector.model.n_reseeds_

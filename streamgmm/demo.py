@@ -5,7 +5,8 @@ Everything runs in one process, on loopback: a Tansu broker (from the
 ``{host, cpu, mem, latency_ms}`` from three kinds of machine (web servers,
 databases, batch workers), one anomaly every ``anomaly_every`` events and
 now and then a malformed message, and the daemon consuming them. Outliers
-are printed as they are found, with the field that made them odd.
+are printed as they are found, with the field that made them odd (the one of
+highest surprise given the others) and the value the model expected of it.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def synthetic_event(rng: np.random.Generator, anomaly: int | None = None) -> dic
     }
     if anomaly is not None:
         event.update(ANOMALIES[anomaly][1])
-        event["injected"] = True
+        event["injected"] = list(ANOMALIES[anomaly][1])  # the faulty fields
     return event
 
 
@@ -94,22 +95,39 @@ class Producer(threading.Thread):
         self.producer.close(5)
 
 
+def odd_field(
+    fields: list[str], values: np.ndarray, surprise: np.ndarray, expected: np.ndarray
+) -> str:
+    """The field of highest surprise with its value and the expected one, for one event.
+
+    ``values``, ``surprise`` and ``expected`` are the event's rows of shape (d,)
+    (see :class:`~streamgmm.detector.BatchResult`); numbers have 4 significant digits.
+
+    >>> odd_field(["cpu", "latency_ms"], np.array([30.68, 400.0]), np.array([2.1, 35.7]),
+    ...           np.array([31.2, 43.1234]))
+    'latency_ms 400 (expected 43.12)'
+    """
+    j = int(np.argmax(surprise))
+    return f"{fields[j]} {values[j]:.4g} (expected {expected[j]:.4g})"
+
+
 def _printer(fields: list[str], caught: dict[str, int]):
     def on_batch(records: list, decoded: Any, result: Any) -> None:
         if result is None:
             return
         for row in np.flatnonzero(result.is_outlier):
             event = decoded.events[row]
-            residuals = result.contributions[row]
-            worst = int(np.argmax(np.abs(residuals)))
+            odd = odd_field(fields, decoded.X[row], result.surprise[row], result.expected[row])
             caught["outliers"] += 1
             caught["injected"] += bool(event.get("injected"))
+            named = fields[int(np.argmax(result.surprise[row]))]
+            caught["named"] += named in (event.get("injected") or ())
             mark = "injected" if event.get("injected") else "natural "
             values = " ".join(f"{f}={event.get(f)}" for f in fields)
             print(
                 f"OUTLIER [{mark}] {event.get('host', '?'):8s} {values:45s} "
-                f"score {result.score[row]:6.1f} > {result.threshold:5.1f}  "
-                f"odd: {fields[worst]} ({residuals[worst]:+.1f} sd)",
+                f"score {result.score[row]:6.1f} > {result.threshold[row]:5.1f}  "
+                f"odd: {odd}",
                 flush=True,
             )
 
@@ -147,7 +165,7 @@ def run_demo(
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as state:
         broker.create_topics([EVENTS, OUTLIERS, DEAD_LETTERS], partitions=1)
         config = demo_config(broker.bootstrap, os.path.join(state, "model.npz"), metrics_port)
-        caught = {"outliers": 0, "injected": 0}
+        caught = {"outliers": 0, "injected": 0, "named": 0}
         try:
             daemon = Daemon(config, on_batch=_printer(list(config.features.fields), caught))
         except MetricsServerError:
@@ -186,7 +204,8 @@ def run_demo(
         print(
             f"\n{producer.sent:,} events sent, {producer.injected} anomalies injected, "
             f"{producer.malformed} malformed (sent to {DEAD_LETTERS!r}); "
-            f"{caught['outliers']} outliers flagged, {caught['injected']} of them injected",
+            f"{caught['outliers']} outliers flagged, {caught['injected']} of them injected, "
+            f"{caught['named']} of those named by their faulty field",
             flush=True,
         )
     logging.shutdown()

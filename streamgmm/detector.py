@@ -6,25 +6,30 @@ the rest, and returns everything a record needs.
 
 Life of a detector:
 
-1. Warm-up. The first ``warmup`` events are buffered and scored by a single
-   running diagonal Gaussian (an honest score, not none). When the buffer is
-   full, the standardiser is fixed from it (mean and standard deviation of
-   each feature), the mixture is fitted on it by batch EM (K chosen by BIC
-   when ``n_components="auto"``), and the threshold starts from the buffer's
-   scores under that mixture.
-2. Scoring. Each batch is scored; the outliers are not learnt (unless
-   ``learn_from_outliers``), so an attack cannot teach the model that it is
-   normal, and they do not feed the threshold, so a burst cannot hide itself.
+1. Warm-up. The first ``warmup`` events are scored one by one, each by a
+   running diagonal Gaussian of the events before it (an honest score, not
+   none); after 50 events, one far out even for that Gaussian is flagged and
+   left out. Then the standardiser is fixed from the kept events (mean and
+   standard deviation of each feature), the mixture is fitted on them by batch
+   EM (K chosen by BIC when ``n_components="auto"``), and the threshold starts
+   from the mixture's own score quantile.
+2. Scoring, in micro-batches of ``micro_batch`` events aligned on the event
+   count: each is scored under the model as it was before it, then its inliers
+   are learnt. The outliers are not learnt (unless ``learn_from_outliers``), so
+   an attack cannot teach the model that it is normal, and they do not feed
+   the threshold, so a burst cannot hide itself. The answers are the same
+   however the stream is cut into calls.
 3. Quarantine. Never learning flagged events would lock the detector out
    after a level shift: every event of the new regime is flagged, forever.
    Flagged events therefore wait in a quarantine, and the detector keeps a
    moving share of flagged events over the last ``patience`` events. When
-   that share passes ``regime_share`` (default: half of recent traffic is
-   "anomalous"), the anomalies are no longer rare: they are a new regime.
-   A component is seeded from the quarantined events (replacing the
-   lightest one), the quarantine is emptied, and from then on the new
-   regime is scored and learnt as normal. Short bursts (well under
-   ``patience * regime_share`` events) never get there and stay flagged.
+   that share passes ``regime_share``, the anomalies are no longer rare: they
+   are a new regime. Components fitted to the quarantined events join the
+   mixture (they take nothing from the components that explain the rest of
+   the traffic), the threshold starts again from the new mixture, and from
+   then on the new regime is scored and learnt as normal. A burst of one
+   pattern shorter than about ``patience * regime_share`` events, or an attack
+   on half the traffic for fewer than about ``patience`` events, stays flagged.
 
 Examples
 --------
@@ -48,15 +53,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
 
 from .checkpoint import load_state, save_state
-from .gmm import Evaluation, OnlineGaussianMixture, RunningGaussian, _check_X
+from .defaults import MIN_WARMUP, MODEL_DEFAULTS
+from .gmm import MAX_ABS_INPUT, Evaluation, OnlineGaussianMixture, RunningGaussian
 from .threshold import QuantileThreshold, Threshold
 
 WARMUP_FLAG_AFTER = 50  # warm-up events before the running Gaussian flags anything
 WARMUP_FLAG_PROBABILITY = 1e-6  # chi-square tail beyond which a warm-up event is an outlier
 WARMUP_FITS = 3  # fits of the warm-up at most: each drops the events of too small components
+MICRO_BATCH = 256  # events per model update after the warm-up (benchmarks/README.md, "cuts")
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,11 @@ class BatchResult:
         ``log p(x)`` in the units of the input, under the model before the batch.
     score : array of shape (n,)
         ``-log_likelihood``: higher is more anomalous.
-    threshold : float
-        The threshold in force for the batch (in the units its rule compares:
-        score for quantile and loglik, squared Mahalanobis distance for chi2;
-        NaN during warm-up).
+    threshold : array of shape (n,)
+        The threshold in force for each event (in the units its rule compares:
+        score for quantile and loglik, squared Mahalanobis distance for chi2; in
+        the warm-up, the score at which the event would have been flagged, NaN
+        before the warm-up Gaussian flags anything).
     is_outlier : array of shape (n,), bool
     is_warmup : array of shape (n,), bool
         Scored by the warm-up Gaussian; never outliers.
@@ -84,17 +91,29 @@ class BatchResult:
         Distance to the best component (to the warm-up Gaussian in warm-up).
     contributions : array of shape (n, d)
         Per-feature standardised residuals to the best component.
+    surprise : array of shape (n, d)
+        Field surprise ``-log p(x_j | x_-j)`` in nats (see
+        :meth:`~streamgmm.gmm.OnlineGaussianMixture.field_surprise`): the field
+        with the highest is the odd one, given the others. Computed on the
+        standardised fields, so the ranking of fields does not depend on the
+        units each is measured in. In warm-up, the running Gaussian's
+        ``-log N(z_j; 0, 1)`` with z_j the field in its own standard deviations.
+    expected : array of shape (n, d)
+        ``E[x_j | x_-j]``, what the model expected of each field given the
+        others, in the field's own units (the running mean in warm-up).
     """
 
     log_likelihood: np.ndarray
     score: np.ndarray
-    threshold: float
+    threshold: np.ndarray
     is_outlier: np.ndarray
     is_warmup: np.ndarray
     component: np.ndarray
     responsibilities: np.ndarray
     mahalanobis: np.ndarray
     contributions: np.ndarray
+    surprise: np.ndarray
+    expected: np.ndarray
 
     def __len__(self) -> int:
         return len(self.score)
@@ -106,18 +125,22 @@ def _concat(results: list[BatchResult]) -> BatchResult:
     width = max(r.responsibilities.shape[1] for r in results)
 
     def pad(resp: np.ndarray) -> np.ndarray:
+        if resp.shape[1] == width:
+            return resp
         return np.pad(resp, ((0, 0), (0, width - resp.shape[1])))
 
     return BatchResult(
         log_likelihood=np.concatenate([r.log_likelihood for r in results]),
         score=np.concatenate([r.score for r in results]),
-        threshold=results[-1].threshold,
+        threshold=np.concatenate([r.threshold for r in results]),
         is_outlier=np.concatenate([r.is_outlier for r in results]),
         is_warmup=np.concatenate([r.is_warmup for r in results]),
         component=np.concatenate([r.component for r in results]),
         responsibilities=np.concatenate([pad(r.responsibilities) for r in results]),
         mahalanobis=np.concatenate([r.mahalanobis for r in results]),
         contributions=np.concatenate([r.contributions for r in results]),
+        surprise=np.concatenate([r.surprise for r in results]),
+        expected=np.concatenate([r.expected for r in results]),
     )
 
 
@@ -151,20 +174,26 @@ class Quarantine:
     Parameters
     ----------
     patience : int
-        Horizon, in events, of the moving share of flagged events.
+        Horizon, in events, of the moving share of flagged events that decides
+        when flagged events are a new regime.
     capacity : int
         How many of the latest flagged events are kept.
     """
 
-    def __init__(self, patience: int = 5000, capacity: int = 2000):
+    RECENT = 1000  # horizon, in events, of the share that sizes a new regime
+
+    def __init__(self, patience: int = 8000, capacity: int = 2000):
         self.patience = int(patience)
         self.capacity = int(capacity)
         self.share = 0.0
+        self.recent = 0.0
         self.rows: np.ndarray | None = None
 
     def observe(self, flagged_rows: np.ndarray, n_events: int) -> None:
-        decay = (1.0 - 1.0 / self.patience) ** n_events
-        self.share = self.share * decay + (1.0 - decay) * len(flagged_rows) / max(n_events, 1)
+        flagged = len(flagged_rows) / max(n_events, 1)
+        for name, horizon in (("share", self.patience), ("recent", self.RECENT)):
+            decay = (1.0 - 1.0 / horizon) ** n_events
+            setattr(self, name, getattr(self, name) * decay + (1.0 - decay) * flagged)
         if len(flagged_rows):
             kept = flagged_rows if self.rows is None else np.concatenate([self.rows, flagged_rows])
             self.rows = kept[-self.capacity :]
@@ -179,6 +208,16 @@ class Quarantine:
 
 class Detector:
     """Streaming anomaly detector over an online Gaussian mixture.
+
+    Its answers depend on the sequence of events only, never on how the stream is
+    cut into batches: the warm-up scores events one by one, and after it the
+    events are scored in micro-batches of ``micro_batch`` events aligned on the
+    event count, each under the model as it was before the micro-batch, which is
+    then learnt. A call that ends inside a micro-batch scores its events and keeps
+    them until the micro-batch is complete.
+
+    The model's defaults come from :data:`streamgmm.defaults.MODEL_DEFAULTS`,
+    as those of the daemon's ``model`` section.
 
     Parameters
     ----------
@@ -195,10 +234,7 @@ class Detector:
     reg_covar : float
         Variance floor in standardised units: keeps components from
         collapsing onto repeated or discrete values, which would give them
-        absurd densities and make the rare look the most normal. With
-        ``max_components=6``, chosen on the eight labelled sets of the
-        detection benchmark over three seeds: 0.05 and 6 gave the best
-        worst case (1e-2 and 8 dropped satellite to 0.56 on one seed).
+        absurd densities and make the rare look the most normal.
     half_life : int or None
         Events after which an event's weight in the model has halved: a
         forgetting model for drifting streams. None learns from the whole
@@ -214,51 +250,59 @@ class Detector:
         one is a handful of events, not a regime: typically anomalies among
         the first events, before anything can judge them, that would
         otherwise win a component of their own and make their kind look
-        normal from then on (one such event in the first 50 was enough).
-        Its events are left out and the warm-up is fitted again. 0.02 (10
-        events of a 500-event warm-up) moved the mean AUC of the detection
-        benchmark from 0.882 to 0.886 (cardio +0.05, mammography -0.015).
+        normal from then on. Its events are left out and the warm-up is
+        fitted again.
     refits : int
         Batch refits on a reservoir of learnt events after the warm-up (see
         :class:`~streamgmm.gmm.OnlineGaussianMixture`). Off by default here:
         on a stream with unflagged anomalies, a refit gives them another
-        chance to win a component (measured: -0.03 AUC on pendigits and
-        satellite), while the warm-up fit is trimmed.
+        chance to win a component, while the warm-up fit is trimmed.
     patience, regime_share : int, float
         Quarantine: flagged events become a new regime once they make up
         ``regime_share`` of the moving share over ``patience`` events.
+    micro_batch : int
+        Events per model update after the warm-up (see above). Smaller reacts
+        sooner to a new regime and costs more per event.
+    n_init : int
+        k-means++ starts of each batch fit (the warm-up, a new regime); the best
+        likelihood wins. More starts make the first mixture depend less on the seed.
     """
 
     def __init__(
         self,
-        n_components: int | str = "auto",
-        covariance_type: str = "diag",
-        warmup: int = 500,
-        standardize: bool = True,
-        reg_covar: float = 0.05,
-        half_life: float | None = None,
-        learn_from_outliers: bool = False,
+        n_components: int | str = MODEL_DEFAULTS.n_components,
+        covariance_type: str = MODEL_DEFAULTS.covariance_type,
+        warmup: int = MODEL_DEFAULTS.warmup,
+        standardize: bool = MODEL_DEFAULTS.standardize,
+        reg_covar: float = MODEL_DEFAULTS.reg_covar,
+        half_life: float | None = MODEL_DEFAULTS.half_life,
+        learn_from_outliers: bool = MODEL_DEFAULTS.learn_from_outliers,
         threshold: Threshold | None = None,
-        max_components: int = 6,
-        patience: int = 20000,
-        regime_share: float = 0.1,
+        max_components: int = MODEL_DEFAULTS.max_components,
+        patience: int = 8000,
+        regime_share: float = 0.25,
         warmup_trim: float = 0.05,
         min_component_share: float = 0.02,
         refits: int = 0,
-        random_state: int | None = None,
+        micro_batch: int = MICRO_BATCH,
+        n_init: int = MODEL_DEFAULTS.n_init,
+        random_state: int | None = MODEL_DEFAULTS.random_state,
     ):
-        if int(warmup) < 2:
-            raise ValueError(f"warmup must be >= 2 events, got {warmup!r}")
+        if int(warmup) < MIN_WARMUP:
+            raise ValueError(f"warmup must be >= {MIN_WARMUP} events, got {warmup!r}")
         if not 0 <= min_component_share < 1:
             raise ValueError(f"min_component_share must be in [0, 1), got {min_component_share!r}")
         if not 0 < regime_share <= 1:
             raise ValueError(f"regime_share must be in (0, 1], got {regime_share!r}")
+        if int(micro_batch) < 1:
+            raise ValueError(f"micro_batch must be >= 1 event, got {micro_batch!r}")
         self.warmup = int(warmup)
         self.standardize = standardize
         self.learn_from_outliers = learn_from_outliers
         self.regime_share = regime_share
         self.warmup_trim = warmup_trim
         self.min_component_share = float(min_component_share)
+        self.micro_batch = int(micro_batch)
         self.model = OnlineGaussianMixture(
             n_components=n_components,
             covariance_type=covariance_type,
@@ -268,8 +312,11 @@ class Detector:
             trim=warmup_trim,
             refits=refits,
             max_components=max_components,
+            n_init=n_init,
             random_state=random_state,
         )
+        # started at once (parameters checked, counters at 0), as a first partial_fit would
+        self.model._reset()
         self.threshold = threshold if threshold is not None else QuantileThreshold(0.999)
         self.quarantine = Quarantine(patience)
         self.standardizer: Standardizer | None = None
@@ -277,8 +324,7 @@ class Detector:
         self.n_outliers = 0
         self.n_regime_changes = 0
         self.n_warmup_dropped = 0
-        self._warm = RunningGaussian(reg_covar=1e-12)
-        self._buffer: list[np.ndarray] = []
+        self._pending: list[_Scored] = []
 
     # -- state --------------------------------------------------------------
 
@@ -288,7 +334,19 @@ class Detector:
 
     @property
     def n_features(self) -> int | None:
-        return self.model.n_features_in_
+        return getattr(self.model, "n_features_in_", None)
+
+    @property
+    def n_pending(self) -> int:
+        """Events scored in the current micro-batch, learnt when it is complete."""
+        return sum(len(piece.Z) for piece in self._pending)
+
+    @property
+    def events_to_update(self) -> int:
+        """Events until the model next changes: 1 in the warm-up, else the rest of the
+        micro-batch. A caller that scores events one by one (river) learns them in
+        groups of this size and scores exactly as the batch path does."""
+        return 1 if not self.is_warmed_up else self.micro_batch - self.n_pending
 
     def fingerprint(self, fields: list[str] | None = None) -> dict[str, Any]:
         """What a saved state is only valid for."""
@@ -309,75 +367,95 @@ class Detector:
         Parameters
         ----------
         X : array-like of shape (n_events, n_features)
+            Finite values; a value too large to be squared makes its event an outlier.
         """
-        X = _check_X(X, self.n_features)
+        X = _check_events(X, self.n_features)
         results = []
         start = 0
         while not self.is_warmed_up and start < len(X):
-            # far-out warm-up events are flagged, not counted: take more until it is full
-            stop = start + self.warmup - self._warm.count
-            results.append(self._warmup_batch(X[start:stop]))
+            stop = start + max(self.model.warmup_remaining, 1)
+            results.append(self._warmup_rows(X[start:stop]))
             start = min(stop, len(X))
-            if self._warm.count >= self.warmup:
+            if self.model.warmup_remaining == 0:
                 self._finish_warmup()
-        if start < len(X) or not results:
-            results.append(
-                self._scored_batch(X[start:])
-                if self.is_warmed_up
-                else self._warmup_batch(X[start:])
-            )
-        result = _concat(results)
+        while start < len(X):
+            stop = start + self.micro_batch - self.n_pending
+            results.append(self._score_rows(X[start:stop]))
+            start = min(stop, len(X))
+            if self.n_pending >= self.micro_batch:
+                self._learn_pending()
+        result = _concat(results) if results else self._empty_result(X)
         self.n_seen += len(X)
         self.n_outliers += int(result.is_outlier.sum())
         return result
 
-    def score(self, X) -> np.ndarray:
-        """Outlier scores ``-log p(x)`` of a batch, learning nothing."""
-        X = _check_X(X, self.n_features)
+    def outlier_scores(self, X) -> np.ndarray:
+        """Outlier scores ``-log p(x)`` of a batch (higher is more anomalous), learning nothing.
+
+        The opposite sign of :meth:`OnlineGaussianMixture.score_samples`, in the
+        units of the input (the standardisation's Jacobian included).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_events, n_features)
+
+        Returns
+        -------
+        scores : array of shape (n_events,)
+        """
+        X = _check_events(X, self.n_features)
         if not self.is_warmed_up:
-            return -self._warm.score_samples(X)
-        Z = self.standardizer.transform(X)
+            warm = self.model.warmup_scorer
+            return -warm.score_samples(np.clip(X, -MAX_ABS_INPUT, MAX_ABS_INPUT))
+        Z = np.clip(self.standardizer.transform(X), -MAX_ABS_INPUT, MAX_ABS_INPUT)
         return self.standardizer.log_scale_sum - self.model.log_likelihood_unchecked(Z)
 
-    def _warmup_batch(self, X: np.ndarray) -> BatchResult:
+    def _empty_result(self, X: np.ndarray) -> BatchResult:
         n, d = X.shape
-        self.model.n_features_in_ = d
-        log_likelihood = self._warm.score_samples(X) if n else np.empty(0)
-        if self._warm.count:
-            centred = (X - self._warm.mean) / np.sqrt(self._warm.variance + 1e-12)
-        else:
-            centred = np.zeros_like(X)
-        distance_sq = (centred**2).sum(axis=1)
-        threshold, outlier = math.nan, np.zeros(n, dtype=bool)
-        if self._warm.count >= WARMUP_FLAG_AFTER:
-            # far out even for one broad Gaussian of everything seen: an anomaly (flagged,
-            # never learnt) whether or not the mixture exists yet
-            critical = float(stats.chi2.isf(WARMUP_FLAG_PROBABILITY, d))
-            outlier = distance_sq > critical
-            threshold = float(np.max(-log_likelihood + 0.5 * (critical - distance_sq)))
-        self._warm.update(X[~outlier])
-        self._buffer.append(X[~outlier].copy())
+        width = self.model.n_components_
         return BatchResult(
-            log_likelihood=log_likelihood,
-            score=-log_likelihood,
-            threshold=threshold,
-            is_outlier=outlier,
+            log_likelihood=np.empty(0),
+            score=np.empty(0),
+            threshold=np.empty(0),
+            is_outlier=np.zeros(0, dtype=bool),
+            is_warmup=np.zeros(0, dtype=bool),
+            component=np.zeros(0, dtype=int),
+            responsibilities=np.empty((n, width)),
+            mahalanobis=np.empty(0),
+            contributions=np.empty((0, d)),
+            surprise=np.empty((0, d)),
+            expected=np.empty((0, d)),
+        )
+
+    def _warmup_rows(self, X: np.ndarray) -> BatchResult:
+        n = len(X)
+        scores = self.model.warmup_step(X, WARMUP_FLAG_AFTER, WARMUP_FLAG_PROBABILITY)
+        return BatchResult(
+            log_likelihood=scores.log_likelihood,
+            score=-scores.log_likelihood,
+            threshold=scores.threshold,
+            is_outlier=scores.flagged,
             is_warmup=np.ones(n, dtype=bool),
             component=np.full(n, -1),
             responsibilities=np.empty((n, 0)),
-            mahalanobis=np.sqrt(distance_sq),
-            contributions=centred,
+            mahalanobis=np.sqrt(scores.distance_sq),
+            contributions=scores.centred,
+            # one diagonal Gaussian: each field's surprise is its own, in its own sd
+            surprise=0.5 * (math.log(2.0 * math.pi) + scores.centred**2),
+            expected=scores.mean,
         )
 
     def _finish_warmup(self) -> None:
-        buffer = np.concatenate(self._buffer)
-        self._buffer = []
+        buffer = self.model.warmup_buffer()
         Z = self._fit_warmup(buffer)
         self.threshold.bind(buffer.shape[1])
+        self._anchor_threshold(Z)
+
+    def _anchor_threshold(self, Z: np.ndarray) -> None:
+        """Start a quantile threshold from the model's own quantile, and the scores of Z
+        under the model, none above it: anomalies among Z cannot lift it over them."""
         if isinstance(self.threshold, QuantileThreshold):
-            # the warm-up's own scores, but none above what the model itself predicts for
-            # its q-quantile: anomalies in the warm-up cannot lift the threshold over them
-            prior = self.model_score_quantile(self.threshold.q)
+            prior = self.standardizer.log_scale_sum + self.model.score_quantile(self.threshold.q)
             scores = self.standardizer.log_scale_sum - self.model.score_samples(Z)
             self.threshold.initialise(prior, np.minimum(scores, prior))
 
@@ -399,81 +477,99 @@ class Detector:
         return Z
 
     def model_score_quantile(self, q: float) -> float:
-        """The q-quantile of scores the model itself predicts for its own events.
+        """The q-quantile of scores the model predicts for its own events, in event units."""
+        return self.standardizer.log_scale_sum + self.model.score_quantile(q)
 
-        A point of component k scores at most ``c_k + m / 2`` with
-        ``c_k = -log w_k + log sqrt(|2 pi Sigma_k|)`` and ``m`` its squared
-        Mahalanobis distance, chi-square with d degrees of freedom; solving
-        ``sum_k w_k P(chi2_d > 2 (t - c_k)) = 1 - q`` for t gives a threshold
-        that depends on the fitted (trimmed) model only, not on the warm-up
-        events' in-sample scores, nor on anomalies among them.
-        """
-        model = self.model
-        d = model.n_features_in_
-        offsets = -model._log_const + self.standardizer.log_scale_sum
-        weights = model.weights_
-
-        def excess(t: float) -> float:
-            return float(weights @ stats.chi2.sf(2.0 * np.maximum(t - offsets, 0.0), d)) - (1 - q)
-
-        low = float(offsets.min())
-        high = float(offsets.max() + stats.chi2.isf((1 - q) / 2, d))
-        while excess(high) > 0:
-            high += high - low + 1.0
-        return float(optimize.brentq(excess, low, high, xtol=1e-6))
-
-    def _scored_batch(self, X: np.ndarray) -> BatchResult:
+    def _score_rows(self, X: np.ndarray) -> BatchResult:
+        """Score rows of the current micro-batch under the model before it; keep them."""
         Z = self.standardizer.transform(X)
+        huge = np.abs(Z).max(axis=1, initial=0.0) > MAX_ABS_INPUT
+        if huge.any():  # too large to be squared: scored at the limit, an outlier
+            Z = np.clip(Z, -MAX_ABS_INPUT, MAX_ABS_INPUT)
         evaluation = self.model.evaluate(Z)
         explanation = self.model.explain(Z, evaluation)
         log_likelihood = evaluation.log_likelihood - self.standardizer.log_scale_sum
         score = -log_likelihood
-        threshold = self.threshold.value
-        outlier = self.threshold.flag(score, explanation["mahalanobis"] ** 2)
-
-        learn = np.ones(len(X), dtype=bool) if self.learn_from_outliers else ~outlier
-        if not self.learn_from_outliers:
-            self._watch_regime(Z, outlier)
-        self.model.learn(Z[learn], _subset(evaluation, learn))
-        self.threshold.update(score[~outlier])
+        outlier = self.threshold.flag(score, explanation["mahalanobis"] ** 2) | huge
+        self._pending.append(_Scored(Z, evaluation, outlier, score, huge))
         return BatchResult(
             log_likelihood=log_likelihood,
             score=score,
-            threshold=threshold,
+            threshold=np.full(len(X), self.threshold.value),
             is_outlier=outlier,
             is_warmup=np.zeros(len(X), dtype=bool),
             component=explanation["component"],
             responsibilities=evaluation.responsibilities,
             mahalanobis=explanation["mahalanobis"],
             contributions=explanation["contributions"],
+            surprise=explanation["surprise"],
+            expected=explanation["expected"] * self.standardizer.scale + self.standardizer.mean,
         )
 
+    def _learn_pending(self) -> None:
+        """The micro-batch is complete: learn its inliers, feed the threshold, watch for
+        a new regime."""
+        batch = _Scored.concat(self._pending)
+        self._pending = []
+        learn = ~batch.huge if self.learn_from_outliers else ~batch.outlier
+        self.model.learn(batch.Z[learn], _subset(batch.evaluation, learn))
+        self.threshold.update(batch.score[~batch.outlier])
+        if not self.learn_from_outliers:
+            self._watch_regime(batch.Z, batch.outlier & ~batch.huge)
+
     def _watch_regime(self, Z: np.ndarray, outlier: np.ndarray) -> None:
-        self.quarantine.observe(Z[outlier], len(Z))
-        if self.quarantine.share >= self.regime_share and len(self.quarantine) >= 2:
-            self.model.seed_components(self.quarantine.release(), weight=0.5)
-            self.n_regime_changes += 1
+        """Flagged events that make up ``regime_share`` of the traffic are a new regime:
+        components of their own join the model, weighing their recent share, and the
+        threshold starts again from the new model (the old inlier scores describe a
+        traffic that is gone)."""
+        quarantine = self.quarantine
+        quarantine.observe(Z[outlier], len(Z))
+        if quarantine.share < self.regime_share or len(quarantine) < 2:
+            return
+        weight = min(max(quarantine.recent, self.regime_share), 0.95)
+        rows = quarantine.release()
+        model = self.model
+        size = model.max_components if model.n_components == "auto" else model.n_components
+        model.add_components(rows, weight, max_components=2 * int(size))
+        self._anchor_threshold(rows)
+        self.n_regime_changes += 1
 
     # -- persistence ----------------------------------------------------------
 
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's parameters (the threshold apart: it saves its own state)."""
+        model = self.model
+        return {
+            "n_components": model.n_components,
+            "covariance_type": model.covariance_type,
+            "warmup": self.warmup,
+            "standardize": self.standardize,
+            "reg_covar": model.reg_covar,
+            "half_life": model.half_life,
+            "learn_from_outliers": self.learn_from_outliers,
+            "max_components": model.max_components,
+            "patience": self.quarantine.patience,
+            "regime_share": self.regime_share,
+            "warmup_trim": self.warmup_trim,
+            "min_component_share": self.min_component_share,
+            "refits": model.refits,
+            "micro_batch": self.micro_batch,
+            "n_init": model.n_init,
+            "random_state": model.random_state,
+        }
+
     def get_state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: parameters, model, threshold, quarantine,
+        the micro-batch in hand, counters."""
         state: dict[str, Any] = {
-            "params": {
-                "warmup": self.warmup,
-                "standardize": self.standardize,
-                "learn_from_outliers": self.learn_from_outliers,
-                "regime_share": self.regime_share,
-                "warmup_trim": self.warmup_trim,
-                "min_component_share": self.min_component_share,
-            },
+            "params": self.get_params(),
             "model": self.model.get_state(),
             "threshold": self.threshold.get_state(),
             "quarantine": {
-                "patience": self.quarantine.patience,
                 "capacity": self.quarantine.capacity,
                 "share": self.quarantine.share,
+                "recent": self.quarantine.recent,
             },
-            "warm": self._warm.get_state(),
             "n_seen": self.n_seen,
             "n_outliers": self.n_outliers,
             "n_regime_changes": self.n_regime_changes,
@@ -481,8 +577,9 @@ class Detector:
         }
         if self.quarantine.rows is not None:
             state["quarantine"]["rows"] = self.quarantine.rows
-        if self._buffer:
-            state["buffer"] = np.concatenate(self._buffer)
+        if self._pending:
+            batch = _Scored.concat(self._pending)
+            state["pending"] = {"Z": batch.Z, "outlier": batch.outlier, "score": batch.score}
         if self.standardizer is not None:
             state["standardizer"] = {
                 "mean": self.standardizer.mean,
@@ -492,30 +589,35 @@ class Detector:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Detector:
-        detector = cls.__new__(cls)
-        params = state["params"]
-        detector.warmup = int(params["warmup"])
-        detector.standardize = bool(params["standardize"])
-        detector.learn_from_outliers = bool(params["learn_from_outliers"])
-        detector.regime_share = float(params["regime_share"])
-        detector.warmup_trim = float(params["warmup_trim"])
-        # checkpoints written before this parameter existed: its default
-        detector.min_component_share = float(params.get("min_component_share", 0.02))
+        params = {**_LAYOUT_0_1_PARAMS, **state["params"]}
+        detector = cls(**params, threshold=Threshold.from_state(state["threshold"]))
         detector.model = OnlineGaussianMixture.from_state(state["model"])
-        detector.threshold = Threshold.from_state(state["threshold"])
         quarantine = state["quarantine"]
-        detector.quarantine = Quarantine(quarantine["patience"], quarantine["capacity"])
+        detector.quarantine = Quarantine(params["patience"], quarantine["capacity"])
         detector.quarantine.share = float(quarantine["share"])
+        detector.quarantine.recent = float(quarantine.get("recent", quarantine["share"]))
         if "rows" in quarantine:
             detector.quarantine.rows = np.array(quarantine["rows"], dtype=np.float64)
-        detector._warm = RunningGaussian.from_state(state["warm"])
-        detector._buffer = (
-            [np.array(state["buffer"], dtype=np.float64)] if "buffer" in state else []
-        )
         standardizer = state.get("standardizer")
-        detector.standardizer = (
-            Standardizer(standardizer["mean"], standardizer["scale"]) if standardizer else None
-        )
+        if standardizer:
+            detector.standardizer = Standardizer(standardizer["mean"], standardizer["scale"])
+        elif "warm" in state:  # 0.1: the warm-up Gaussian and buffer were the detector's
+            detector.model._warm = RunningGaussian.from_state(state["warm"])
+            if "buffer" in state:
+                detector.model._buffer = [np.array(state["buffer"], dtype=np.float64)]
+            detector.model._buffered = int(state["n_seen"])
+        if "pending" in state:
+            pending = state["pending"]
+            Z = np.array(pending["Z"], dtype=np.float64)
+            detector._pending = [
+                _Scored(
+                    Z,
+                    detector.model.evaluate(Z),  # the model has not changed since
+                    np.array(pending["outlier"], dtype=bool),
+                    np.array(pending["score"], dtype=np.float64),
+                    np.abs(Z).max(axis=1, initial=0.0) >= MAX_ABS_INPUT,
+                )
+            ]
         detector.n_seen = int(state["n_seen"])
         detector.n_outliers = int(state["n_outliers"])
         detector.n_regime_changes = int(state["n_regime_changes"])
@@ -528,6 +630,55 @@ class Detector:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Detector:
         return cls.from_state(load_state(path, kind="Detector"))
+
+
+# parameters a 0.1 checkpoint did not save: the values 0.1 ran with
+_LAYOUT_0_1_PARAMS: dict[str, Any] = {"micro_batch": 1, "patience": 20000, "refits": 0}
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """Events of the current micro-batch, scored and waiting to be learnt."""
+
+    Z: np.ndarray  # (n, d) standardised, clipped
+    evaluation: Evaluation
+    outlier: np.ndarray  # (n,) bool
+    score: np.ndarray  # (n,)
+    huge: np.ndarray  # (n,) bool: too large to be squared, never learnt
+
+    @staticmethod
+    def concat(pieces: list[_Scored]) -> _Scored:
+        if len(pieces) == 1:
+            return pieces[0]
+        return _Scored(
+            np.concatenate([p.Z for p in pieces]),
+            Evaluation(
+                *(
+                    np.concatenate([getattr(p.evaluation, f) for p in pieces])
+                    for f in ("log_likelihood", "responsibilities", "mahalanobis_sq")
+                )
+            ),
+            np.concatenate([p.outlier for p in pieces]),
+            np.concatenate([p.score for p in pieces]),
+            np.concatenate([p.huge for p in pieces]),
+        )
+
+
+def _check_events(X: Any, n_features: int | None) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(
+            f"expected a 2-D array of shape (n_events, n_features), got {X.ndim}-D; "
+            "reshape a single event with X.reshape(1, -1)"
+        )
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but the detector was fitted with {n_features}; "
+            "send events with the same fields as before or start a new detector"
+        )
+    if X.size and not np.isfinite(X).all():
+        raise ValueError("X contains NaN or infinity; drop or repair those rows first")
+    return X
 
 
 def _subset(evaluation: Evaluation, mask: np.ndarray) -> Evaluation:

@@ -112,6 +112,10 @@ class BatchHistogram:
     Non-finite values (NaN, infinities) are ignored: they would poison the
     ``_sum`` series for good.
 
+    A histogram with a negative bucket bound has no ``_sum``, only its buckets
+    and ``_count`` (the OpenMetrics rule): a sum of values that may be negative
+    falls, and PromQL's ``rate()`` reads every fall as a counter reset.
+
     Parameters
     ----------
     name : str
@@ -140,6 +144,7 @@ class BatchHistogram:
         self._labels = [floatToGoString(b) for b in bounds] + ["+Inf"]
         self._counts = np.zeros(len(bounds) + 1, dtype=np.int64)
         self._sum = 0.0
+        self.has_sum = bool(bounds[0] >= 0) if bounds.size else True
         self._lock = threading.Lock()
         if registry is not None:
             registry.register(self)
@@ -161,13 +166,14 @@ class BatchHistogram:
         with self._lock:
             cumulative = np.cumsum(self._counts).tolist()
             total = self._sum
-        # built by hand: prometheus-client's HistogramMetricFamily drops _count and _sum
+        # built by hand: prometheus-client's HistogramMetricFamily drops _count with _sum
         # when a bucket bound is negative, and log-likelihoods are mostly negative
         family = Metric(self.name, self.documentation, "histogram")
         for label, count in zip(self._labels, cumulative, strict=True):
             family.add_sample(self.name + "_bucket", {"le": label}, float(count))
         family.add_sample(self.name + "_count", {}, float(cumulative[-1]))
-        family.add_sample(self.name + "_sum", {}, total)
+        if self.has_sum:
+            family.add_sample(self.name + "_sum", {}, total)
         return family
 
     def collect(self):
@@ -209,7 +215,8 @@ class Metrics:
             ["reason"], registry=r,
         )  # fmt: skip
         self.log_likelihood = BatchHistogram(
-            p + "log_likelihood", "Log-likelihood of scored events under the model (nats).",
+            p + "log_likelihood", "Log-likelihood of scored events under the model (nats). "
+            "Buckets and _count only: no _sum, as the values are mostly negative.",
             LOG_LIKELIHOOD_BUCKETS, r,
         )  # fmt: skip
         self.threshold = Gauge(

@@ -23,19 +23,16 @@ class GMMDetector(AnomalyDetector):
     missing one of them is scored and learnt with 0 in its place (river's
     habit for sparse dicts).
 
-    Learning is batched: after the warm-up, ``learn_one`` collects events and
-    folds them into the model every ``learn_batch_size`` events (scoring
-    always uses the model as updated so far). One stepwise update per small batch costs far
-    less than one per event and gives the same statistics to within the
-    step schedule; set it to 1 for strictly per-event updates.
+    Learning is batched exactly as :meth:`Detector.process` learns: event by event
+    in the warm-up, then in micro-batches of ``micro_batch`` events, each scored
+    under the model as it was before it. ``score_one`` therefore gives the score
+    the batch path gives the same event in the same stream, whatever its batches.
 
     Parameters
     ----------
-    learn_batch_size : int
-        Events per stepwise update.
     **detector_params
         Passed to :class:`streamgmm.detector.Detector` (``n_components``,
-        ``warmup``, ``half_life``, ``threshold``...).
+        ``warmup``, ``half_life``, ``micro_batch``, ``threshold``...).
 
     Examples
     --------
@@ -52,8 +49,7 @@ class GMMDetector(AnomalyDetector):
     True
     """
 
-    def __init__(self, learn_batch_size: int = 32, **detector_params: Any):
-        self.learn_batch_size = learn_batch_size
+    def __init__(self, **detector_params: Any):
         self.detector_params = detector_params
         self.detector = Detector(**detector_params)
         self._features: list | None = None
@@ -70,12 +66,7 @@ class GMMDetector(AnomalyDetector):
 
     def learn_one(self, x: dict) -> None:
         self._pending.append(self._vector(x))
-        # warm-up events are cheap and every one of them sharpens the next score
-        if len(self._pending) >= self.learn_batch_size or not self.detector.is_warmed_up:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
+        if len(self._pending) >= self.detector.events_to_update:
             self.detector.process(np.asarray(self._pending, dtype=np.float64))
             self._pending = []
 
@@ -85,7 +76,7 @@ class GMMDetector(AnomalyDetector):
         row = np.array(self._vector(x), dtype=np.float64)
         detector = self.detector
         if not detector.is_warmed_up or not np.isfinite(row).all():
-            return float(detector.score(row[None, :])[0])  # the checked path, with its errors
+            return float(detector.outlier_scores(row[None, :])[0])  # the checked path
         standardizer = detector.standardizer
         z = (row - standardizer.mean) / standardizer.scale
         return standardizer.log_scale_sum - detector.model.log_likelihood_one(z)

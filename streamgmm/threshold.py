@@ -176,8 +176,10 @@ class QuantileThreshold(Threshold):
         }
 
     def initialise(self, prior: float, scores: np.ndarray | None = None) -> None:
-        """Start at ``prior``; ``scores`` (the warm-up's, capped) seed the window."""
+        """Start (again) at ``prior``; ``scores`` (capped at it) seed an emptied window."""
         self._value = float(prior)
+        self._scores = Ring(self.window)
+        self._fresh = 0
         if scores is not None and len(scores):
             self._scores.extend(scores)
 
@@ -306,7 +308,18 @@ class Chi2Threshold(Threshold):
         self._critical = float(stats.chi2.ppf(self.probability, self.n_features))
 
     def get_params(self) -> dict[str, Any]:
-        return {"probability": self.probability, "n_features": self.n_features}
+        # the configuration only: n_features is bound at the warm-up, it is state
+        return {"probability": self.probability}
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state["n_features"] = self.n_features
+        return state
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        # older checkpoints kept n_features among the parameters (bound in __init__)
+        if state.get("n_features") is not None:
+            self.bind(state["n_features"])
 
     @property
     def value(self) -> float:

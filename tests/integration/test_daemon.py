@@ -92,6 +92,7 @@ def test_daemon_publishes_anomalies_and_dead_letters(
     assert list(record) == list(OUTLIER_FIELDS)
     assert record["key"] == "bad" and record["score"] > record["threshold"]
     assert set(record["contributions"]) == {"a", "b", "c"}
+    assert set(record["surprise"]) == set(record["expected"]) == {"a", "b", "c"}
     assert abs(sum(record["responsibilities"]) - 1) < 1e-6
     natural = len(outliers) - len(anomalies)
     assert natural <= 0.01 * len(events)  # a 0.999 quantile flags few normal events

@@ -61,6 +61,8 @@ DESIGN_METRICS = frozenset(
         f"streamgmm_{name}{suffix}"
         for name in _HISTOGRAMS
         for suffix in ("_bucket", "_sum", "_count")
+        # log-likelihoods are mostly negative: that histogram has no _sum (OpenMetrics)
+        if (name, suffix) != ("log_likelihood", "_sum")
     ]
     + [f"streamgmm_{name}" for name in _GAUGES]
 )

@@ -65,6 +65,8 @@ def write_records(raw_values, batch) -> list[bytes]:
         "responsibilities": [1.0],
         "mahalanobis": 50.0,
         "contributions": dict.fromkeys(FIELDS, 9.0),
+        "surprise": dict.fromkeys(FIELDS, 40.0),
+        "expected": dict.fromkeys(FIELDS, 1.0),
         "model_events_seen": 10,
     }
     for row in range(n):

@@ -139,3 +139,32 @@ def test_no_pickle_is_ever_needed(tmp_path):
     path = saved(tmp_path)
     with np.load(path, allow_pickle=False) as archive:
         assert all(archive[name].dtype != object for name in archive.files)
+
+
+def test_restart_of_a_warmed_up_chi2_detector_keeps_its_threshold(tmp_path, caplog):
+    """Binding the dimension at the warm-up is state, not configuration."""
+    from streamgmm.config import parse_config
+    from streamgmm.daemon import CHECKPOINT_KIND, build_detector, fingerprint, restore
+
+    path = tmp_path / "checkpoint.npz"
+    raw = {
+        "features": {"fields": ["cpu", "mem"]},
+        "model": {"warmup": 50, "random_state": 0},
+        "threshold": {"kind": "chi2", "probability": 0.999},
+        "checkpoint": {"path": str(path)},
+    }
+    config = parse_config(raw, env={})
+    detector = build_detector(config)
+    detector.process(np.random.default_rng(0).normal(size=(200, 2)))
+    assert detector.threshold.n_features == 2
+    save_state(
+        path,
+        {"detector": detector.get_state(), "offsets": {}},
+        kind=CHECKPOINT_KIND,
+        fingerprint=fingerprint(config),
+    )
+    with caplog.at_level("WARNING", logger="streamgmm"):
+        restored = restore(config).detector
+    assert "threshold configuration changed" not in caplog.text
+    assert restored.threshold.n_features == 2
+    assert restored.threshold.value == detector.threshold.value

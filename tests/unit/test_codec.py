@@ -242,6 +242,8 @@ def outlier(**over):
         responsibilities=np.array([0.1, 0.9]),
         mahalanobis=6.2,
         contributions={"cpu": 5.9, "mem": np.float64(-0.3)},
+        surprise={"cpu": 17.25, "mem": np.float64(1.5)},
+        expected={"cpu": 0.4, "mem": 3.1},
         model_events_seen=12_000,
         detected_at=1_700_000_000.1234,
     )
@@ -266,12 +268,16 @@ def test_outlier_record_has_exactly_the_design_fields_in_order():
         "responsibilities",
         "mahalanobis",
         "contributions",
+        "surprise",
+        "expected",
         "model_events_seen",
         "detected_at",
     )
     assert rec["event"] == {"cpu": 0.9, "mem": 3}
     assert rec["component"] == 1 and rec["responsibilities"] == [0.1, 0.9]
     assert rec["contributions"] == {"cpu": 5.9, "mem": -0.3}
+    assert rec["surprise"] == {"cpu": 17.25, "mem": 1.5}
+    assert rec["expected"] == {"cpu": 0.4, "mem": 3.1}
     assert rec["detected_at"] == "2023-11-14T22:13:20.123Z"
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", outlier(detected_at=None)["detected_at"]
@@ -285,7 +291,10 @@ def test_record_fields_are_those_named_in_design_md():
     outlier_text = section[section.index("Outlier") : section.index("Dead letter")]
     dead_text = section[section.index("Dead letter") : section.index("###", 10)]
     named = set(re.findall(r"([a-z_]+)[`,]", outlier_text.replace("`", ",")))
-    assert set(OUTLIER_FIELDS) <= named | {"key"}
+    # added by section 6 ("Field surprise": outlier records gain `surprise` and `expected`)
+    added = {"surprise", "expected"}
+    assert all(f"`{name}`" in text for name in added)
+    assert set(OUTLIER_FIELDS) <= named | {"key"} | added
     for name in ("topic", "partition", "offset", "timestamp_ms", "error", "payload"):
         assert name in dead_text and name in DEAD_LETTER_FIELDS
 
@@ -305,6 +314,8 @@ def test_non_finite_floats_are_written_as_null_never_as_nan():
         responsibilities=[float("nan"), 1.0],
         mahalanobis=float("inf"),
         contributions={"x": float("nan")},
+        surprise={"x": float("inf")},
+        expected={"x": float("nan")},
         model_events_seen=0,
         detected_at=0,
     )
@@ -313,7 +324,7 @@ def test_non_finite_floats_are_written_as_null_never_as_nan():
     rec = json.loads(text)
     assert rec["event"] == {"x": None, "deep": [None]}
     assert rec["log_likelihood"] is None and rec["responsibilities"] == [None, 1.0]
-    assert rec["contributions"] == {"x": None}
+    assert rec["contributions"] == rec["surprise"] == rec["expected"] == {"x": None}
 
 
 def test_outlier_embeds_an_event_that_stdlib_parsed_with_a_huge_integer():
@@ -499,3 +510,16 @@ def test_score_record_is_the_batch_forms_row_to_the_byte(threshold):
         )
         assert single == batch[i]
         assert b"NaN" not in single and b"Infinity" not in single
+
+
+def test_every_record_field_is_documented_in_docs_records_md():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "records.md").read_text()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    quoted = {name.strip() for span in re.findall(r"`([^`]+)`", prose) for name in span.split(",")}
+    for section, fields in (
+        ("## Outlier record", OUTLIER_FIELDS),
+        ("## Dead letter", DEAD_LETTER_FIELDS),
+        ("## Score record", SCORE_FIELDS),
+    ):
+        assert section in text
+        assert set(fields) <= quoted, set(fields) - quoted

@@ -1,9 +1,17 @@
+import pickle
+
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.mixture import GaussianMixture
 
 from streamgmm.checkpoint import CheckpointCorruptError
 from streamgmm.gmm import COVARIANCE_TYPES, OnlineGaussianMixture, batch_step
+
+# scikit-learn's default: where a test compares with its batch EM or with exact
+# variances, not the default 0.05 (a floor meant for standardised data)
+SKLEARN_REG_COVAR = 1e-6
 
 
 def rotated_mixture(rng, n, d=2, k=3, spread=6.0):
@@ -24,7 +32,9 @@ def test_one_pass_of_minibatches_matches_batch_em(covariance_type):
     train, held_out = data[:20000], data[20000:]
     batch = GaussianMixture(3, covariance_type=covariance_type, n_init=3, random_state=0)
     batch.fit(train)
-    online = OnlineGaussianMixture(3, covariance_type=covariance_type, random_state=0)
+    online = OnlineGaussianMixture(
+        3, covariance_type=covariance_type, reg_covar=SKLEARN_REG_COVAR, random_state=0
+    )
     for chunk in np.array_split(train, 10):
         online.partial_fit(chunk)
     assert abs(batch.score(held_out) - online.score(held_out)) < 0.02
@@ -34,7 +44,9 @@ def test_same_mean_clusters_with_different_radii_are_recovered():
     rng = np.random.default_rng(0)
     data = np.concatenate([rng.normal(0, 0.3, (4000, 2)), rng.normal(0, 3.0, (4000, 2))])
     data = data[rng.permutation(len(data))]
-    model = OnlineGaussianMixture(2, random_state=1)
+    model = OnlineGaussianMixture(
+        2, covariance_type="full", reg_covar=SKLEARN_REG_COVAR, random_state=1
+    )
     for chunk in np.array_split(data, 40):
         model.partial_fit(chunk)
     radii = np.sort(np.sqrt(model.covariances_.diagonal(axis1=1, axis2=2).mean(axis=1)))
@@ -155,16 +167,60 @@ def test_starved_component_is_reseeded():
 
 def test_bad_input_gets_a_clear_error():
     model = OnlineGaussianMixture(1).fit(np.random.default_rng(0).normal(size=(100, 2)))
-    with pytest.raises(ValueError, match="fitted with 2"):
+    with pytest.raises(
+        ValueError, match="X has 5 features, but OnlineGaussianMixture is expecting 2"
+    ):
         model.score_samples(np.zeros((3, 5)))
-    with pytest.raises(ValueError, match="NaN or infinity"):
+    with pytest.raises(ValueError, match="NaN or infinity; drop or repair"):
         model.partial_fit(np.array([[np.nan, 1.0]]))
-    with pytest.raises(ValueError, match="covariance_type"):
-        OnlineGaussianMixture(covariance_type="ful")
-    with pytest.raises(ValueError, match="step_alpha"):
-        OnlineGaussianMixture(step_alpha=0.3)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(ValueError, match=r"beyond ±1e\+100.*rescale"):
+        model.score_samples(np.array([[1e200, 1.0]]))
+    with pytest.raises(ValueError, match=r"(?s)Expected 2D array, got 1D array instead.*Reshape"):
+        model.score_samples(np.zeros(2))  # one event or two? refused, not guessed
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        model.score_samples(np.zeros((1, 2), dtype=complex))
+    with pytest.raises(NotFittedError, match="not fitted yet: it needs 10 warm-up events"):
         OnlineGaussianMixture(warmup=10).predict(np.zeros((1, 2)))
+    with pytest.raises(NotFittedError, match="call fit"):
+        OnlineGaussianMixture().score_samples(np.zeros((1, 2)))
+
+
+def test_parameters_are_checked_by_fit_not_by_the_constructor():
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    model = OnlineGaussianMixture(covariance_type="ful")  # stored as given, like scikit-learn
+    assert model.get_params()["covariance_type"] == "ful"
+    with pytest.raises(ValueError, match="covariance_type must be one of full, diag, spherical"):
+        model.fit(X)
+    with pytest.raises(ValueError, match="step_alpha"):
+        OnlineGaussianMixture(step_alpha=0.3).partial_fit(X)
+    assert OnlineGaussianMixture(1).set_params(covariance_type="full").fit(X).covariances_.ndim == 3
+
+
+def test_fit_twice_with_the_same_random_state_gives_the_same_model():
+    X = np.random.default_rng(3).normal(size=(300, 2))
+    model = OnlineGaussianMixture(n_components=3, random_state=7)
+    first = model.fit(X).means_.copy()
+    np.testing.assert_array_equal(model.fit(X).means_, first)
+    np.testing.assert_array_equal(clone(model).fit(X).means_, first)
+
+
+def test_warm_up_scores_with_the_running_gaussian_before_the_mixture_exists():
+    model = OnlineGaussianMixture(warmup=100)
+    model.partial_fit(np.random.default_rng(0).normal(size=(10, 2)))
+    assert not model.is_fitted
+    scores = model.score_samples([[0.0, 0.0], [8.0, 8.0]])
+    assert scores[0] > scores[1]
+    with pytest.raises(NotFittedError, match="10 seen"):
+        model.predict([[0.0, 0.0]])
+
+
+def test_a_fitted_model_pickles_and_scores_the_same():
+    X = np.random.default_rng(4).normal(size=(400, 3))
+    for covariance_type in COVARIANCE_TYPES:
+        model = OnlineGaussianMixture(covariance_type=covariance_type, random_state=0).fit(X)
+        copy = pickle.loads(pickle.dumps(model))
+        np.testing.assert_array_equal(copy.score_samples(X), model.score_samples(X))
+        np.testing.assert_array_equal(copy.score_then_learn(X), model.score_then_learn(X))
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -212,8 +268,9 @@ def test_a_damaged_model_file_is_refused(tmp_path):
 def test_data_far_from_zero_keeps_its_variances(covariance_type):
     rng = np.random.default_rng(12)
     data = 1e8 + rng.normal(size=(6000, 2))
-    fitted = OnlineGaussianMixture(1, covariance_type=covariance_type, random_state=0).fit(data)
-    streamed = OnlineGaussianMixture(1, covariance_type=covariance_type, random_state=0)
+    params = dict(covariance_type=covariance_type, reg_covar=SKLEARN_REG_COVAR, random_state=0)
+    fitted = OnlineGaussianMixture(1, **params).fit(data)
+    streamed = OnlineGaussianMixture(1, **params)
     for chunk in np.array_split(data + 9e8, 12):
         streamed.partial_fit(chunk)
     for model in (fitted, streamed):

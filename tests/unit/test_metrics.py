@@ -122,6 +122,19 @@ def test_scrape_over_http_exposes_every_contract_metric(served):
     assert 'streamgmm_consumer_lag{partition="0",topic="events"} 12.0' in text
     assert 'streamgmm_component_weight{component="2"} 0.1' in text
     assert "streamgmm_log_likelihood_count 1990.0" in text
+    assert "streamgmm_log_likelihood_sum" not in text
+
+
+def test_openmetrics_scrape_has_no_log_likelihood_sum(served):
+    server, *_ = served
+    _, _, body = get(
+        server.url + "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    text = body.decode()
+    assert "streamgmm_log_likelihood_count 1990.0" in text
+    assert 'streamgmm_log_likelihood_bucket{le="+Inf"} 1990.0' in text
+    assert "streamgmm_log_likelihood_sum" not in text
+    assert "streamgmm_event_delay_seconds_sum" in text
 
 
 @pytest.mark.skipif(
@@ -299,8 +312,17 @@ def test_batch_histogram_agrees_with_prometheus_histogram():
     for le in ("-50.0", "-10.0", "0.0", "5.0", "+Inf"):
         assert samples[("ours_bucket", le)] == samples[("theirs_bucket", le)], le
     assert samples[("ours_count", None)] == 4990
-    # prometheus-client omits _sum with negative buckets; ours keeps it, NaN left out
-    assert samples[("ours_sum", None)] == pytest.approx(np.nansum(values))
+    # negative buckets: no _sum (it would fall, and rate() would read a counter reset)
+    assert ("ours_sum", None) not in samples
+
+
+def test_batch_histogram_of_non_negative_buckets_keeps_its_sum():
+    values = np.array([0.5, 2.0, np.nan, 7.0])
+    registry = CollectorRegistry()
+    BatchHistogram("delay", "x", (1.0, 5.0), registry).observe(values)
+    samples = {(s.name, s.labels.get("le")): s.value for f in registry.collect() for s in f.samples}
+    assert samples[("delay_sum", None)] == pytest.approx(9.5)
+    assert samples[("delay_count", None)] == 3
 
 
 def test_batch_histogram_refuses_unsorted_buckets():

@@ -43,7 +43,60 @@ def test_first_score_before_anything_is_learnt_is_zero():
 
 
 def test_missing_feature_counts_as_zero():
-    model = GMMDetector(warmup=20, learn_batch_size=1)
+    model = GMMDetector(warmup=20, micro_batch=1)
     for x in stream(np.random.default_rng(3), 100):
         model.learn_one(x)
     assert np.isfinite(model.score_one({"x0": 0.0}))
+
+
+class LocalAnomalies:
+    """A labelled stream made here (river's own checks download CreditCard)."""
+
+    def __init__(self, n: int, d: int = 8, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        X = rng.normal(size=(n, d))
+        y = np.zeros(n, dtype=bool)
+        anomalies = rng.choice(np.arange(100, n), size=n // 100, replace=False)
+        X[anomalies] += rng.choice([-8.0, 8.0], size=(len(anomalies), d))
+        y[anomalies] = True
+        self.data = [
+            ({f"f{j}": float(v) for j, v in enumerate(row)}, bool(label))
+            for row, label in zip(X, y, strict=True)
+        ]
+
+    def __iter__(self):
+        return iter(self.data)
+
+
+def test_river_estimator_checks_pass_on_a_local_dataset(monkeypatch):
+    import river.checks
+
+    # river picks its datasets in _yield_datasets (1000 * scale events of CreditCard for
+    # an anomaly detector); the same sizes, made locally, keep the test off the network
+    def local_datasets(model, scale=1):
+        yield LocalAnomalies(1000 * scale)
+
+    monkeypatch.setattr(river.checks, "_yield_datasets", local_datasets)
+    ran = []
+    for params in GMMDetector._unit_test_params():
+        model = GMMDetector(**params)
+        for check in river.checks.yield_checks(model):
+            check(model.clone())
+            ran.append(check.__name__)
+    assert {"check_pickling", "check_roc_auc", "check_emerging_features"} <= set(ran)
+    river.checks.check_estimator(GMMDetector(warmup=20))  # river's entry point, as users call it
+
+
+def test_a_learnt_detector_pickles_and_scores_the_same():
+    import pickle
+
+    model = GMMDetector(warmup=50, random_state=0)
+    for x in stream(np.random.default_rng(3), 500):
+        model.learn_one(x)
+    copy = pickle.loads(pickle.dumps(model))
+    probes = [*stream(np.random.default_rng(4), 50), {"x0": 9.0, "x1": -9.0, "x2": 9.0}]
+    assert [copy.score_one(x) for x in probes] == [model.score_one(x) for x in probes]
+    for x in probes:
+        copy.learn_one(x)
+        model.learn_one(x)
+    assert copy.score_one(probes[-1]) == model.score_one(probes[-1])

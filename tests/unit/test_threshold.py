@@ -108,6 +108,22 @@ def test_state_round_trip(threshold):
     assert copy.value == threshold.value or math.isnan(threshold.value)
 
 
+def test_chi2_parameters_do_not_change_when_the_dimension_is_bound():
+    chi2 = Chi2Threshold(0.999)
+    before = chi2.get_params()
+    chi2.bind(3)
+    assert chi2.get_params() == before == {"probability": 0.999}
+    copy = Threshold.from_state(chi2.get_state())
+    assert copy.n_features == 3 and copy.value == chi2.value
+    unbound = Threshold.from_state(Chi2Threshold(0.9).get_state())
+    assert unbound.n_features is None and math.isnan(unbound.value)
+
+
+def test_chi2_state_of_older_checkpoints_still_loads():
+    old = {"kind": "chi2", "params": {"probability": 0.99, "n_features": 2}}
+    assert Threshold.from_state(old).value == pytest.approx(stats.chi2.ppf(0.99, 2))
+
+
 def test_make_threshold_names_the_kinds():
     assert isinstance(make_threshold("quantile", q=0.9), QuantileThreshold)
     with pytest.raises(ValueError, match="quantile, loglik, chi2"):

@@ -1,0 +1,43 @@
+"""The defaults of the model's parameters, in one place.
+
+:class:`~streamgmm.gmm.OnlineGaussianMixture`, :class:`~streamgmm.detector.Detector`
+and the configuration's ``model`` section (:class:`~streamgmm.config.ModelConfig`,
+hence the daemon's ``build_detector``) all read their defaults from
+:data:`MODEL_DEFAULTS`: changing one here changes it everywhere (then
+regenerate docs/configuration.md and check config/streamgmm.yaml, whose tests
+say when they are stale). Why each value was chosen is in CHANGELOG.md and
+benchmarks/README.md.
+
+Pure Python: the configuration imports it without numpy.
+
+>>> MODEL_DEFAULTS.covariance_type, MODEL_DEFAULTS.reg_covar, MIN_WARMUP
+('diag', 0.05, 2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MIN_WARMUP", "MODEL_DEFAULTS", "ModelDefaults"]
+
+#: Fewest warm-up events: a variance needs two.
+MIN_WARMUP = 2
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """One default per model parameter (see the estimators' docstrings for their meaning)."""
+
+    n_components: int | str = "auto"
+    max_components: int = 6
+    covariance_type: str = "diag"
+    reg_covar: float = 0.05  # in standardised units, as the Detector feeds the model
+    warmup: int = 500
+    n_init: int = 10  # k-means++ starts per batch fit: the first mixture depends less on the seed
+    half_life: float | None = None
+    standardize: bool = True
+    learn_from_outliers: bool = False
+    random_state: int | None = None
+
+
+MODEL_DEFAULTS = ModelDefaults()

@@ -1,0 +1,66 @@
+"""Regime changes may make a new pattern normal, never normal traffic abnormal."""
+
+import numpy as np
+
+from streamgmm.detector import Detector
+
+
+def feed(detector: Detector, X: np.ndarray, cut: int = 500) -> np.ndarray:
+    return np.concatenate(
+        [detector.process(X[i : i + cut]).is_outlier for i in range(0, len(X), cut)]
+    )
+
+
+def test_a_constant_stream_that_starts_to_vary_is_learnt_not_locked_out():
+    rng = np.random.default_rng(0)
+    level = np.array([10.0, 20.0, 30.0])
+    X = np.concatenate([np.tile(level, (2000, 1)), level + rng.normal(0, 1, (30000, 3))])
+    detector = Detector(random_state=0)
+    flagged = feed(detector, X)
+    assert flagged[-10000:].mean() < 0.02
+    assert detector.n_regime_changes <= 1
+
+
+def host_kinds(rng, n):
+    kinds = np.array([[20.0, 60.0, 40.0], [80.0, 30.0, 5.0], [50.0, 50.0, 15.0]])
+    return kinds[rng.integers(0, 3, n)] + rng.normal(size=(n, 3)) * [3.0, 3.0, 4.0]
+
+
+def test_an_attack_on_half_the_traffic_displaces_no_normal_kind():
+    rng = np.random.default_rng(1)
+    during = host_kinds(rng, 60000)
+    attack = np.zeros(len(during), dtype=bool)
+    attack[1::2] = True
+    during[attack] = [50.0, 90.0, 70.0] + rng.normal(size=(attack.sum(), 3)) * [3.0, 3.0, 4.0]
+    X = np.concatenate([host_kinds(rng, 10000), during, host_kinds(rng, 30000)])
+    detector = Detector(random_state=0)
+    flagged = feed(detector, X)
+    in_attack = flagged[10000:70000]
+    assert in_attack[~attack].mean() <= 0.005, "normal events flagged during the attack"
+    assert flagged[70000:].mean() <= 0.005, "normal events flagged after the attack"
+    assert in_attack[attack][:5000].mean() >= 0.5, "the attack's first events went unflagged"
+    assert detector.model.n_components_ > 3  # the attack was added, nothing replaced
+
+
+def test_a_burst_of_one_pattern_stays_flagged():
+    rng = np.random.default_rng(2)
+    X = np.concatenate([host_kinds(rng, 5000), np.full((1000, 3), [50.0, 90.0, 70.0])])
+    detector = Detector(random_state=0)
+    flagged = feed(detector, X)
+    assert flagged[-1000:].all() and detector.n_regime_changes == 0
+
+
+def test_values_too_large_to_square_are_outliers_not_errors():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2000, 3))
+    far = [100, 700, 1500, 1700]
+    X[far] = [[0.0, -1e300, 0.0], [1e101, 0.0, 0.0], [0.0, 0.0, 1.7e308], [-1.7e308, 1e200, 5]]
+    for learn_from_outliers in (False, True):
+        detector = Detector(warmup=300, random_state=0, learn_from_outliers=learn_from_outliers)
+        results = [detector.process(X[i : i + 250]) for i in range(0, len(X), 250)]
+        score = np.concatenate([r.score for r in results])
+        flagged = np.concatenate([r.is_outlier for r in results])
+        assert flagged[far].all() and np.isfinite(score).all()
+        assert flagged.mean() < 0.01
+        assert np.isfinite(detector.model.means_).all()
+        assert np.isfinite(detector.model.covariances_).all()
