@@ -328,7 +328,7 @@ class Report:
 
     def write(self, out_dir: Path) -> Path:
         path = out_dir / f"{self.name}.md"
-        tmp = path.with_suffix(".md.tmp")
+        tmp = path.with_suffix(f".md.{os.getpid()}.tmp")  # runs in parallel: one each
         tmp.write_text(self.markdown())
         tmp.replace(path)
         return path

@@ -21,6 +21,7 @@ import detection
 import drift
 import online_vs_batch
 import speed
+import trust
 from bench_common import (
     QUICK_RESULTS_DIR,
     RESULTS_DIR,
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "speed": speed,
     "detection": detection,
     "drift": drift,
+    "trust": trust,
 }
 
 

@@ -7,6 +7,7 @@ checks a result, not only that the code runs.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ detection = _load("detection")
 drift = _load("drift")
 run_all = _load("run_all")
 end_to_end = _load("end_to_end")
+trust = _load("trust")
 
 
 def test_online_one_pass_matches_batch_em_on_an_easy_mixture():
@@ -161,3 +163,106 @@ def test_delay_quantiles_interpolate_within_buckets_as_prometheus_does():
 def test_end_to_end_reports_the_median_and_range_of_its_turns():
     assert end_to_end.spread([0.7, 0.62, 0.81], ".2f") == "0.70 (0.62-0.81)"
     assert end_to_end.spread([123456.0], ",.0f") == "123,456"
+
+
+def test_trust_stream_scores_covers_every_row_whatever_the_cut():
+    X, y = _labelled_set(n=1_200)
+    params = {"warmup": 200}
+    for cut in (8, 500, 5_000, "river"):
+        scores = trust.stream_scores(trust.factory(params, 0, cut), X, cut)
+        assert scores.shape == (1_200,)
+        assert np.isfinite(scores).all()
+        assert trust.auc(y, scores) > 0.9, cut
+    # a plain Detector is driven through GMMDetector on the river path
+    from streamgmm.detector import Detector
+
+    wrapped = trust.stream_scores(lambda: Detector(warmup=200, random_state=0), X, "river")
+    direct = trust.stream_scores(trust.factory(params, 0, "river"), X, "river")
+    np.testing.assert_allclose(wrapped, direct)
+    with pytest.raises(ValueError, match="positive"):
+        trust.stream_scores(lambda: Detector(), X, 0)
+
+
+def test_trust_cut_table_spreads_and_targets():
+    X, y = _labelled_set(n=1_000)
+    result = trust.evaluate_cuts("easy", X, y, {"warmup": 200}, seeds=(0, 1), cuts=(64, "river"))
+    assert result.auc.shape == (2, 2) and result.defined
+    assert np.all(result.auc > 0.9)
+    spread = result.auc.max(axis=1) - result.auc.min(axis=1)
+    np.testing.assert_allclose(result.cut_spread, spread)
+    np.testing.assert_allclose(result.path_means, result.auc.mean(axis=0))
+
+    targets = trust.cut_targets([result])
+    assert len(targets) == 3
+    assert targets[0].met == bool(spread.max() <= trust.CUT_TOLERANCE)
+    assert targets[1].met == bool(result.auc.mean(axis=0).min() >= trust.MEAN_FLOOR)
+    assert "| easy | 1 |" in trust.cut_tables([result])
+
+    # the worker processes get one seed each: merged, the same table
+    parts = [
+        trust.evaluate_cuts("easy", X, y, {"warmup": 200}, seeds=(s,), cuts=(64, "river"))
+        for s in (0, 1)
+    ]
+    (merged,) = trust.merge_seeds(parts)
+    assert merged.seeds == (0, 1)
+    np.testing.assert_array_equal(merged.auc, result.auc)
+
+
+def test_trust_pool_flags_a_rare_set_far_below_hst():
+    rows = [
+        trust.PoolResult(
+            "fine", 100, 2, 0.05, ours=0.90, hst=0.85, isolation_forest=0.91, seconds=0
+        ),
+        trust.PoolResult(
+            "bad", 100, 2, 0.05, ours=0.60, hst=0.80, isolation_forest=0.70, seconds=0
+        ),
+        trust.PoolResult(
+            "common", 100, 2, 0.30, ours=0.50, hst=0.80, isolation_forest=0.60, seconds=0
+        ),
+    ]
+    text, targets = trust.pool_table(rows)
+    assert [r.name for r in rows if r.below_hst] == ["bad"]
+    assert "| bad | 100 | 2 | 5.00% | 0.600 | 0.800 | 0.700 | -0.200 | -0.100 | yes |" in text
+    assert targets[0].met is False  # mean 0.667 < 0.737 - 0.02
+    assert targets[1].met is False and "bad -0.200" in targets[1].detail
+
+    X, y = _labelled_set(n=800)
+    pool = trust.evaluate_pool("easy", X, y, {"warmup": 200})
+    assert pool.ours > 0.9 and pool.isolation_forest > 0.9 and 0 <= pool.hst <= 1
+
+
+def test_trust_main_runs_sets_in_worker_processes(tmp_path):
+    X, y = _labelled_set(n=800)
+    np.savez(tmp_path / "tiny.npz", X=X, y=y)
+    report = trust.main(
+        [
+            "--data",
+            str(tmp_path),
+            "--sets",
+            "tiny",
+            "--cuts",
+            "64",
+            "river",
+            "--seeds",
+            "0",
+            "--params",
+            '{"warmup": 100}',
+            "--jobs",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "trust.json"),
+        ]
+    )
+    assert [t.met for t in report.targets].count(None) == 0
+    written = (tmp_path / "trust.md").read_text()
+    assert "| tiny | 0 |" in written and "## Pool table" in written
+    assert '{"warmup": 100}' in written
+    saved = json.loads((tmp_path / "trust.json").read_text())
+    assert saved["settings"]["params"] == {"warmup": 100}
+    assert saved["cut"]["tiny"]["cuts"] == ["64", "river"]
+    pool = saved["pool"]["tiny"]
+    assert f"| tiny | 800 | 3 | 2.00% | {pool['ours']:.3f} | {pool['hst']:.3f} |" in written
+    with pytest.raises(SystemExit, match="unknown set"):
+        trust.main(["--data", str(tmp_path), "--sets", "absent", "--out", str(tmp_path)])
