@@ -154,3 +154,11 @@ def test_version_and_help_exit_zero():
         )
         assert done.returncode == 0, done.stderr
         assert "streamgmm" in done.stdout
+
+
+def test_python_dash_m_streamgmm_is_the_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "streamgmm", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: streamgmm") and "check-config" in done.stdout
