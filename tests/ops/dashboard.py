@@ -76,6 +76,9 @@ EXTRA_METRICS = frozenset(
         *(f"streamgmm_outlier_delay_seconds{s}" for s in ("", "_bucket", "_sum", "_count")),
     }
 )
+# prometheus-client's process collector in the daemon's registry (Linux), read by the
+# dashboard's memory and CPU panels
+PROCESS_METRICS = frozenset({"process_resident_memory_bytes", "process_cpu_seconds_total"})
 
 # Grafana's variables, replaced by values that keep the expression's meaning
 # for a syntax check: ranges by durations, label variables by match-anything.
