@@ -79,11 +79,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .checkpoint import prepare_directory
     from .config import redacted
 
     config, error = _load(args.file)
     if error:
         return _fail(error)
+    # The file is valid whatever this machine is like; the checkpoint's directory is checked
+    # here, as this user, without creating anything (`run` creates what is missing, 0700),
+    # and only warned about: the file may be meant for another machine or a container.
+    path = config.checkpoint.path
+    problem = None if path is None else prepare_directory(path, create=False)
+    if problem is not None:
+        print(
+            f"streamgmm: warning: checkpoint.path: {problem} (checked on this machine as this "
+            "user: `streamgmm run` here would refuse to start)",
+            file=sys.stderr,
+        )
     if args.print:
         json.dump(redacted(config), sys.stdout, indent=2, default=str)
         print()
@@ -94,6 +106,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             f"{args.file}: OK ({source.kind} source {where!r}, "
             f"{len(config.features.fields)} fields, threshold {config.threshold.kind})"
         )
+        directory = os.path.dirname(os.path.abspath(path)) if path is not None else None
+        if problem is None and directory is not None and not os.path.isdir(directory):
+            print(f"  checkpoint.path: {directory} does not exist: `run` creates it (mode 0700)")
     return 0
 
 
@@ -304,7 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.set_defaults(func=cmd_score)
 
-    check = commands.add_parser("check-config", help="validate a configuration file")
+    check = commands.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Validate a configuration file (exit 2 naming every bad key); also warn "
+        "when checkpoint.path's directory could not be created or written on this machine by "
+        "this user (nothing is created: `run` creates missing directories, mode 0700).",
+    )
     check.add_argument("file")
     check.add_argument(
         "--print", action="store_true", help="print the resolved configuration (secrets redacted)"

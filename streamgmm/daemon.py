@@ -52,6 +52,7 @@ from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     load_state,
+    prepare_directory,
     remove_leftovers,
     save_state,
 )
@@ -150,6 +151,9 @@ def restore(config: Config) -> Restored:
     path = config.checkpoint.path
     if path is None:
         return fresh
+    problem = prepare_directory(path)  # its missing directories are created (0700)
+    if problem is not None:
+        raise FatalError(f"checkpoint.path: {problem} (not started)")
     leftovers = remove_leftovers(path)
     if leftovers:
         log.info("removed temporary files of interrupted checkpoint writes: %s", leftovers)

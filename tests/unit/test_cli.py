@@ -1,6 +1,7 @@
 """The ``streamgmm`` command on files: check-config, score, inspect, plot."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -162,3 +163,66 @@ def test_python_dash_m_streamgmm_is_the_command():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: streamgmm") and "check-config" in done.stdout
+
+
+# ---------------------------------------------------------------------------
+# checkpoint.path in a directory that does not exist
+
+
+def run_config(files, checkpoint: str) -> str:
+    path = files / "run.yaml"
+    path.write_text(
+        CONFIG.replace(
+            "source: {kind: file}", f"source: {{kind: file, file: {{path: {files}/events.jsonl}}}}"
+        ).replace(
+            "checkpoint: {path: null}",
+            f"checkpoint: {{path: '{checkpoint}'}}\nmetrics: {{port: 0}}\n"
+            f"sink: {{kind: file, file: {{path: {files}/outliers.jsonl, "
+            f"dead_letter_path: {files}/dead.jsonl}}}}",
+        )
+    )
+    return str(path)
+
+
+def test_run_creates_the_missing_checkpoint_directory_private(files):
+    checkpoint = files / "fresh" / "state" / "model.npz"
+    done = subprocess.run(
+        [sys.executable, "-m", "streamgmm", "run", "-c", run_config(files, str(checkpoint))],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert checkpoint.is_file() and "cannot write the checkpoint" not in done.stderr
+    for directory in (files / "fresh", files / "fresh" / "state"):
+        assert directory.stat().st_mode & 0o777 == 0o700
+    assert main(["inspect", "--json", str(checkpoint)]) == 0
+
+
+def test_run_refuses_a_checkpoint_path_it_cannot_create_naming_the_key(files):
+    (files / "plain").write_text("a file, not a directory\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "streamgmm", "run", "-c",
+         run_config(files, str(files / "plain" / "state" / "model.npz"))],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "checkpoint.path: cannot use" in done.stderr and "it is a file" in done.stderr
+    assert "not started" in done.stderr
+
+
+def test_check_config_checks_the_checkpoint_directory_without_creating_it(files, capsys):
+    missing = files / "fresh" / "model.npz"
+    assert main(["check-config", run_config(files, str(missing))]) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint.path: {files / 'fresh'} does not exist: `run` creates it" in out
+    assert not (files / "fresh").exists()
+    (files / "plain").write_text("")
+    assert main(["check-config", run_config(files, str(files / "plain" / "model.npz"))]) == 0
+    err = capsys.readouterr().err
+    assert "warning: checkpoint.path: cannot use" in err and "would refuse to start" in err
+
+
+def test_score_creates_the_directory_of_its_checkpoint(files):
+    checkpoint = files / "new" / "model.npz"
+    argv = ["score", "-c", str(files / "cfg.yaml"), str(files / "events.jsonl"), "-o", os.devnull]
+    assert main([*argv, "--checkpoint", str(checkpoint)]) == 0
+    assert checkpoint.is_file()
