@@ -77,6 +77,10 @@ STATUS_EVERY_S = 10.0
 POLL_TIMEOUT_S = 1.0  # shortened under a short WatchdogSec= (see Daemon._block_s)
 LAG_EVERY_S = 5.0
 SLOW_ITERATION_S = 0.25
+#: A record timestamp this far ahead of our clock is a producer's clock error, not a delay:
+#: counted in streamgmm_future_timestamps_total, not observed in the delay histograms.
+#: Smaller skews (NTP keeps clocks within milliseconds) count as a delay of 0.
+FUTURE_TOLERANCE_S = 1.0
 
 
 _value = attrgetter("value")
@@ -302,6 +306,7 @@ class Daemon:
         self._events_since_status = 0
         self._status_due = False  # report now, not at the next STATUS_EVERY_S
         self._outliers_recent: list[tuple[float, int]] = []
+        self._warned_future = False  # events timestamped in the future: logged once
         self._seen_warmup = self.detector.is_warmed_up
         self.health.set("warmed_up", self.detector.is_warmed_up, "warming up")
         self.health.set("assigned", not self.kafka, "no partitions assigned")
@@ -544,8 +549,9 @@ class Daemon:
     def _observe_ack(self, timestamp_ms: int, handle: SendHandle) -> None:
         """Runs in the sink's delivery thread: how late the outlier reached the broker."""
         if handle.succeeded():
-            delay = max(0.0, time.time() - timestamp_ms / 1000.0)
-            self.metrics.outlier_delay_seconds.observe(delay)
+            delay = time.time() - timestamp_ms / 1000.0
+            if delay >= -FUTURE_TOLERANCE_S:  # beyond: counted in _count, not a delay
+                self.metrics.outlier_delay_seconds.observe(max(0.0, delay))
 
     def _send_scores(self, records: list, decoded: Any, result: BatchResult) -> None:
         if "scores" not in self.sink.roles:
@@ -569,7 +575,12 @@ class Daemon:
             stamps = np.array([r.timestamp or 0 for r in records], dtype=np.float64)
         stamps = stamps[stamps > 0]  # 0: none known, -1: the producer set none
         if len(stamps):
-            self.metrics.event_delay_seconds.observe(np.maximum(now - stamps / 1000.0, 0.0))
+            delays = now - stamps / 1000.0
+            future = delays < -FUTURE_TOLERANCE_S
+            if future.any():
+                self._count_future(int(future.sum()), float(-delays.min()))
+                delays = delays[~future]
+            self.metrics.event_delay_seconds.observe(np.maximum(delays, 0.0))
         self._events_since_status += len(records)
         if result is None:
             return
@@ -584,6 +595,19 @@ class Daemon:
         if scored:
             self.metrics.log_likelihood.observe(result.log_likelihood[~result.is_warmup])
         self._publish_model_metrics(result)
+
+    def _count_future(self, n: int, ahead_s: float) -> None:
+        self.metrics.future_timestamps_total.inc(n)
+        if not self._warned_future:
+            self._warned_future = True  # once: the counter says how often
+            log.warning(
+                "%d event(s) are timestamped up to %.1f s ahead of this host's clock: a "
+                "producer's clock (or this host's) is wrong; check NTP on both. They are "
+                "scored, but left out of the delay histograms and counted in "
+                "streamgmm_future_timestamps_total (logged once)",
+                n,
+                ahead_s,
+            )
 
     def _publish_model_metrics(self, result: BatchResult | None) -> None:
         detector = self.detector

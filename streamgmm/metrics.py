@@ -255,6 +255,11 @@ class Metrics:
             p + "event_delay_seconds", "Scoring time minus the event's record timestamp.",
             EVENT_DELAY_BUCKETS, r,
         )  # fmt: skip
+        self.future_timestamps_total = Counter(
+            p + "future_timestamps", "Events whose record timestamp is more than 1 s ahead "
+            "of the daemon's clock (a producer's clock is wrong); left out of the delay "
+            "histograms.", registry=r,
+        )  # fmt: skip
         self.outlier_delay_seconds = Histogram(
             p + "outlier_delay_seconds", "Time from an outlier's record timestamp to the "
             "broker's acknowledgement of its outlier record.",

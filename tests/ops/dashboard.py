@@ -73,6 +73,7 @@ EXTRA_METRICS = frozenset(
         "streamgmm_broker_errors_total",
         "streamgmm_checkpoint_rejected",
         "streamgmm_decoder_failures_total",
+        "streamgmm_future_timestamps_total",
         *(f"streamgmm_outlier_delay_seconds{s}" for s in ("", "_bucket", "_sum", "_count")),
     }
 )

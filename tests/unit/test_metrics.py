@@ -52,6 +52,7 @@ CONTRACT = {
     "streamgmm_ready": "gauge",
     "streamgmm_outlier_delay_seconds": "histogram",
     "streamgmm_checkpoint_rejected": "gauge",
+    "streamgmm_future_timestamps_total": "counter",
 }
 
 
