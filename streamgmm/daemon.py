@@ -56,7 +56,13 @@ from .checkpoint import (
     remove_leftovers,
     save_state,
 )
-from .codec import encode_dead_letter, encode_outlier, encode_score_records
+from .codec import (
+    MODEL_ERROR,
+    DecodeError,
+    encode_dead_letter,
+    encode_outlier,
+    encode_score_records,
+)
 from .config import Config
 from .decoder import ANSWER_TIMEOUT_S, Decoder, Pending, default_workers
 from .detector import BatchResult, Detector
@@ -496,9 +502,13 @@ class Daemon:
         self._send_dead_letters(records, decoded.errors)
         result = None
         if len(decoded.X):
-            result = self.detector.process(decoded.X)
-            self._send_outliers(records, decoded, result)
-            self._send_scores(records, decoded, result)
+            try:
+                result = self.detector.process(decoded.X)
+            except Exception as exc:  # one batch must not stop the stream (a crash loop)
+                self._model_error(records, decoded, exc)
+            else:
+                self._send_outliers(records, decoded, result)
+                self._send_scores(records, decoded, result)
         self._offsets.update(next_offsets(records))
         self._dirty = True
         self._count(records, decoded, result)
@@ -519,6 +529,28 @@ class Daemon:
         if errors:
             self.metrics.count_dead_letters(error.reason for error in errors)
             self.metrics.events_total.labels(status="invalid").inc(len(errors))
+
+    def _model_error(self, records: list, decoded: Any, exc: Exception) -> None:
+        """The model raised on this batch: its events become dead letters, the loop goes on
+        (their offsets advance as any batch's do, so a restart does not meet them again)."""
+        error = f"the model could not process this event's batch: {type(exc).__name__}: {exc}"
+        self._send_dead_letters(
+            records, [DecodeError(int(i), MODEL_ERROR, error) for i in decoded.ok_index]
+        )
+        first = records[decoded.ok_index[0]]
+        log.error(
+            "the model raised on a batch of %d events (from %s:%d offset %d): %s: %s; they are "
+            "sent to the dead letters (reason %s) and the daemon goes on. One event can cause "
+            "it: report it with those dead letters (their payloads reproduce it)",
+            len(decoded.ok_index),
+            first.topic,
+            first.partition,
+            first.offset,
+            type(exc).__name__,
+            exc,
+            MODEL_ERROR,
+            exc_info=exc,
+        )
 
     def _send_outliers(self, records: list, decoded: Any, result: BatchResult) -> None:
         now = time.time()

@@ -65,7 +65,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from streamgmm import __version__
-from streamgmm.codec import REASONS
+from streamgmm.codec import DEAD_LETTER_REASONS
 
 __all__ = [
     "BROKER_OPERATIONS",
@@ -317,7 +317,7 @@ class Metrics:
         self.build_info.labels(version=version).set(1)
         for status in ("scored", "warmup", "invalid"):
             self.events_total.labels(status=status)
-        for reason in REASONS:
+        for reason in DEAD_LETTER_REASONS:
             self.dead_letters_total.labels(reason=reason)
         for operation in BROKER_OPERATIONS:
             self.broker_errors_total.labels(operation=operation)

@@ -2,9 +2,15 @@
 
 - ``checkpoint.path`` in a directory that does not exist: created (0700), checkpoints
   written and offsets committed (it used to log a write error every interval, for ever);
+- a poison pill, ``{"a": 1e101, ...}``: the model raised, the daemon exited 1 and every
+  restart met the event again (a crash loop); now its batch is dead letters with reason
+  ``model_error`` (or the event an outlier, once the model scores such values) and the
+  daemon goes on;
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -44,3 +50,37 @@ def test_a_checkpoint_directory_that_does_not_exist_is_created(
     assert state is not None and state["offsets"][topics["events"]] == {"0": 700}
     assert (tmp_path / "not").stat().st_mode & 0o777 == 0o700
     assert not [r for r in daemon.log_records() if "cannot write the checkpoint" in r["message"]]
+
+
+def test_a_poison_pill_is_a_dead_letter_or_an_outlier_never_a_crash_loop(
+    tmp_path, broker, topics, unique, produce, read_all
+):
+    rng = np.random.default_rng(12)
+    events = normal_events(rng, 1200)
+    events[900] = {"id": 900, "host": "poison", "a": 1e101, "b": 0.0, "c": 0.0}
+    produce(topics["events"], encode(events))
+    group = unique("g")
+    daemon = start(tmp_path, broker, topics, group, "first.log")
+    daemon.wait_until(lambda: daemon.scored() >= len(events), what="every event counted")
+    model_errors = daemon.metric("streamgmm_dead_letters_total", 'reason="model_error"')
+    dead = [json.loads(r.value) for r in read_all(topics["dead"], int(model_errors))]
+    poison_dead = [d for d in dead if d["offset"] == 900]
+    outliers = [json.loads(r.value) for r in read_all(topics["outliers"], deadline_s=5)]
+    poison_flagged = [o for o in outliers if o["offset"] == 900]
+    assert poison_dead or poison_flagged, "the event is neither a dead letter nor an outlier"
+    if poison_dead:
+        assert poison_dead[0]["reason"] == "model_error" and "1e+100" in poison_dead[0]["error"]
+        assert any("the model raised" in r["message"] for r in daemon.log_records())
+    wait_for(
+        lambda: committed_offsets(broker.bootstrap, group, topics["events"], 1) == {0: 1200},
+        20, "the offsets committed past the event", daemon,
+    )  # fmt: skip
+    assert daemon.terminate() == 0
+
+    # a restart does not meet it again: nothing to read, it runs and stops cleanly
+    again = start(tmp_path, broker, topics, group, "second.log")
+    again.wait_until(lambda: again.get("/healthz")[0] == 200, what="the restart running")
+    produce(topics["events"], encode(normal_events(rng, 50, start_id=5000)))
+    again.wait_until(lambda: again.scored() >= 50, what="new events read after the restart")
+    assert again.scored() == 50
+    assert again.terminate() == 0

@@ -14,7 +14,9 @@ import time
 import numpy as np
 from test_daemon_rebalance import TP, ScriptedSource, daemon_with  # tests/unit is on sys.path
 
+from streamgmm.codec import MODEL_ERROR
 from streamgmm.daemon import FUTURE_TOLERANCE_S
+from streamgmm.detector import Detector
 from streamgmm.sources import Record
 
 
@@ -74,3 +76,71 @@ def test_an_outlier_from_the_future_is_not_an_instant_acknowledgement():
     samples = {s.name: s.value for f in daemon.metrics.outlier_delay_seconds.collect()
                for s in f.samples}  # fmt: skip
     assert samples["streamgmm_outlier_delay_seconds_count"] == 1
+
+
+# ---------------------------------------------------------------------------
+# an exception from the model on one batch
+
+
+class RaisesOnSecondBatch(Detector):
+    """The detector, except that its second batch raises (a bug, a value it refuses)."""
+
+    def process(self, X):
+        self.batches = getattr(self, "batches", 0) + 1
+        if self.batches == 2:
+            raise RuntimeError("a bug on this batch")
+        return super().process(X)
+
+
+def dead_letters(daemon) -> list[dict]:
+    return [json.loads(line) for line in daemon.written["dead_letter"].getvalue().splitlines()]
+
+
+def test_a_batch_the_model_raises_on_becomes_dead_letters_and_the_loop_goes_on(caplog):
+    def step(source):
+        if not source.assigned:
+            source.assign({TP})
+        start = 100 * (2 - len(source.steps))
+        return stamped(start, start + 100, None)
+
+    source = ScriptedSource([step] * 3)
+    daemon = daemon_with(source)
+    daemon.detector.__class__ = RaisesOnSecondBatch
+    with caplog.at_level(logging.ERROR, logger="streamgmm.daemon"):
+        assert daemon.run() == 0
+    dead = dead_letters(daemon)
+    assert [d["offset"] for d in dead] == list(range(100, 200))
+    assert {d["reason"] for d in dead} == {MODEL_ERROR}
+    assert "RuntimeError: a bug on this batch" in dead[0]["error"]
+    assert json.loads(dead[0]["payload"]) == json.loads(stamped(100, 101, None)[0].value)
+    assert daemon.metrics.dead_letters_total.labels(reason=MODEL_ERROR)._value.get() == 100
+    assert daemon.detector.n_seen == 200  # the batches before and after were learnt
+    assert source.commits[-1] == {TP: 300}, "the offsets advance past the batch"
+    [logged] = [r for r in caplog.records if "the model raised" in r.getMessage()]
+    assert "offset 100" in logged.getMessage() and "report it" in logged.getMessage()
+
+
+def test_a_value_beyond_1e100_is_no_poison_pill():
+    """``{"a": 1e101}`` decodes (it is a finite float); whatever the model makes of it, a
+    dead letter (model_error) or an outlier, the daemon goes on and commits past it."""
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(400, 3))
+    values = [json.dumps(dict(zip("abc", r.tolist(), strict=True))).encode() for r in rows]
+    values[300] = b'{"a": 1e101, "b": 0.0, "c": 0.0}'
+    batches = [values[:200], values[200:400]]
+
+    def step(source):
+        if not source.assigned:
+            source.assign({TP})
+        start = 200 * (1 - len(source.steps))
+        return [Record(TP.topic, TP.partition, start + i, None, None, v)
+                for i, v in enumerate(batches[start // 200])]  # fmt: skip
+
+    source = ScriptedSource([step] * 2)
+    daemon = daemon_with(source)
+    assert daemon.run() == 0
+    outliers = [json.loads(x) for x in daemon.written["outliers"].getvalue().splitlines()]
+    dead = {d["offset"]: d["reason"] for d in dead_letters(daemon)}
+    flagged = {o["offset"] for o in outliers}
+    assert dead.get(300) == MODEL_ERROR or 300 in flagged
+    assert source.commits[-1] == {TP: 400}
