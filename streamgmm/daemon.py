@@ -313,6 +313,7 @@ class Daemon:
         self._status_due = False  # report now, not at the next STATUS_EVERY_S
         self._outliers_recent: list[tuple[float, int]] = []
         self._warned_future = False  # events timestamped in the future: logged once
+        self._status_requested = False  # SIGUSR1: log a status line
         self._seen_warmup = self.detector.is_warmed_up
         self.health.set("warmed_up", self.detector.is_warmed_up, "warming up")
         self.health.set("assigned", not self.kafka, "no partitions assigned")
@@ -326,6 +327,11 @@ class Daemon:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM, SIGINT and SIGHUP: a clean shutdown (no reload: restart to reconfigure);
+        SIGUSR1: a status line in the log. Any of them left at its default would end the
+        process at once, without the shutdown checkpoint (its events read again, their
+        outliers published twice)."""
+
         def handle(signum: int, frame: Any) -> None:
             # Only set the flag: the handler may run inside a notifier send that
             # holds its lock. The loop sends STOPPING=1 within a tick.
@@ -334,8 +340,13 @@ class Daemon:
             )
             self.stop()
 
+        def status(signum: int, frame: Any) -> None:
+            self._status_requested = True  # logged by the loop within a tick
+
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGHUP, handle)
+        signal.signal(signal.SIGUSR1, status)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -846,6 +857,9 @@ class Daemon:
 
     def _report(self) -> None:
         now = time.monotonic()
+        if self._status_requested:
+            self._status_requested = False
+            self._log_status()
         if self.kafka and now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
             try:
@@ -872,6 +886,27 @@ class Daemon:
             else:
                 text = f"{rate:.0f} events/s, {recent} outliers in the last minute"
             self.notifier.status(text)
+
+    def _log_status(self) -> None:
+        """The status line SIGUSR1 asks for: what the loop has done and where it is."""
+        _, readiness = self.health.readiness()
+        age = time.monotonic() - self._last_checkpoint
+        log.info(
+            "status (SIGUSR1)",
+            extra={
+                "fields": {
+                    "events_seen": self.detector.n_seen,
+                    "outliers": self.detector.n_outliers,
+                    "warmed_up": self.detector.is_warmed_up,
+                    "ready": readiness["ready"],
+                    "failing": readiness["failing"],
+                    "seconds_since_checkpoint": round(age, 1),
+                    "offsets": {
+                        f"{tp.topic}:{tp.partition}": o for tp, o in sorted(self._offsets.items())
+                    },
+                }
+            },
+        )
 
     # -- shutdown -----------------------------------------------------------------
 

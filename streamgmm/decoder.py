@@ -146,10 +146,11 @@ def serve(stdin: Any, stdout: Any) -> None:
 
 
 def main() -> None:
-    # The parent decides when this process ends (end of its input); a Ctrl-C or a
-    # service manager's SIGTERM sent to the whole group must not end it mid-batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The parent decides when this process ends (end of its input); a Ctrl-C, a
+    # service manager's SIGTERM or a SIGHUP (a closed terminal) sent to the whole group,
+    # or a SIGUSR1 meant for the daemon, must not end it mid-batch.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
     serve(sys.stdin.buffer, sys.stdout.buffer)
 
 

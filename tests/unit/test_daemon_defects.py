@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
 
 import numpy as np
+import pytest
 from test_daemon_rebalance import TP, ScriptedSource, daemon_with  # tests/unit is on sys.path
 
 from streamgmm.codec import MODEL_ERROR
@@ -144,3 +147,38 @@ def test_a_value_beyond_1e100_is_no_poison_pill():
     flagged = {o["offset"] for o in outliers}
     assert dead.get(300) == MODEL_ERROR or 300 in flagged
     assert source.commits[-1] == {TP: 400}
+
+
+# ---------------------------------------------------------------------------
+# SIGHUP and SIGUSR1
+
+
+@pytest.fixture
+def restore_signal_handlers():
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+    saved = {s: signal.getsignal(s) for s in signals}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_sighup_shuts_down_cleanly_and_sigusr1_logs_a_status_line(restore_signal_handlers, caplog):
+    def first(source):
+        source.assign({TP})
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return stamped(0, 100, None)
+
+    def hang_up(source):
+        os.kill(os.getpid(), signal.SIGHUP)
+        return stamped(100, 150, None)
+
+    source = ScriptedSource([first, hang_up, lambda source: stamped(150, 200, None)])
+    daemon = daemon_with(source)
+    daemon.install_signal_handlers()
+    with caplog.at_level(logging.INFO, logger="streamgmm.daemon"):
+        assert daemon.run() == 0
+    assert source.steps, "SIGHUP stopped the loop before the third poll"
+    assert source.commits[-1] == {TP: 150}, "the batch in hand finished, then committed"
+    [status] = [r for r in caplog.records if r.getMessage() == "status (SIGUSR1)"]
+    assert status.fields["events_seen"] == 100 and status.fields["offsets"] == {"events:0": 100}
+    assert any("received SIGHUP" in r.getMessage() for r in caplog.records)

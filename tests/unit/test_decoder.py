@@ -120,10 +120,10 @@ def test_close_stops_the_child(child_decoder):
 
 
 def test_the_child_ignores_the_signals_meant_for_the_daemon(child_decoder):
-    """systemd's SIGTERM (and a terminal's Ctrl-C) reach the whole group: the child must
-    still answer the batch the daemon finishes before stopping."""
+    """systemd's SIGTERM (and a terminal's Ctrl-C or hang-up) reach the whole group: the
+    child must still answer the batch the daemon finishes before stopping."""
     child_decoder.submit(batch(0)).result()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         os.kill(child_decoder.pid, signum)
     values = batch(1)
     assert_same(child_decoder.submit(values).result(), decode_batch(values, FIELDS, KEY, MAX_BYTES))
