@@ -186,7 +186,7 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     >>> roc_auc(np.array([0, 1]), np.array([2.0, 2.0]))
     0.5
     """
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # type: ignore[import-untyped]
 
     y = np.asarray(y, dtype=bool)
     positives, negatives = int(y.sum()), int((~y).sum())
@@ -286,14 +286,14 @@ def evaluate_file(
     )  # fmt: skip
     if code != 0:
         raise RuntimeError(f"scoring {input_path} stopped (exit code {code})")
-    y, score, flag, warmup = (
-        np.concatenate(parts[k]) if parts[k] else np.zeros(0)
-        for k in ("y", "score", "flag", "warmup")
+    y, score = (np.concatenate(parts[k]) if parts[k] else np.zeros(0) for k in ("y", "score"))
+    flag, warmup = (
+        np.concatenate(parts[k]).astype(bool) if parts[k] else np.zeros(0, dtype=bool)
+        for k in ("flag", "warmup")
     )
-    flag, warmup = flag.astype(bool), warmup.astype(bool)
     known = ~np.isnan(y)
-    counts["unlabelled"] = int((~known).sum())
-    scored = known & ~warmup
+    counts["unlabelled"] = int(np.count_nonzero(~known))
+    scored = known & np.logical_not(warmup)
     y_s, score_s, flag_s = y[scored].astype(bool), score[scored], flag[scored]
     true_positives = int((y_s & flag_s).sum())
     flagged, anomalies = int(flag_s.sum()), int(y_s.sum())
