@@ -182,3 +182,23 @@ def test_sighup_shuts_down_cleanly_and_sigusr1_logs_a_status_line(restore_signal
     [status] = [r for r in caplog.records if r.getMessage() == "status (SIGUSR1)"]
     assert status.fields["events_seen"] == 100 and status.fields["offsets"] == {"events:0": 100}
     assert any("received SIGHUP" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM])
+def test_signals_in_the_warm_up(restore_signal_handlers, signum):
+    """Still warming up (20 of 50 events): SIGHUP and SIGTERM stop cleanly, the warm-up
+    batch in hand learnt and committed first; SIGUSR1 changes nothing."""
+
+    def first(source):
+        source.assign({TP})
+        os.kill(os.getpid(), signum)
+        return stamped(0, 20, None)
+
+    source = ScriptedSource([first, lambda source: stamped(20, 40, None)])
+    daemon = daemon_with(source)
+    daemon.install_signal_handlers()
+    assert daemon.run() == 0
+    assert not daemon.detector.is_warmed_up
+    stopped = signum != signal.SIGUSR1
+    assert source.commits[-1] == {TP: 20 if stopped else 40}
+    assert daemon.detector.n_seen == (20 if stopped else 40)
