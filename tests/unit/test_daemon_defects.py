@@ -186,7 +186,7 @@ def test_sighup_shuts_down_cleanly_and_sigusr1_logs_a_status_line(restore_signal
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM])
 def test_signals_in_the_warm_up(restore_signal_handlers, signum):
-    """Still warming up (20 of 50 events): SIGHUP and SIGTERM stop cleanly, the warm-up
+    """Still warming up (20 of 50 events): SIGHUP and SIGTERM stop cleanly, the
     batch in hand learnt and committed first; SIGUSR1 changes nothing."""
 
     def first(source):
