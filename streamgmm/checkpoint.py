@@ -111,6 +111,69 @@ def _checksum(arrays: dict[str, np.ndarray], meta_without_checksum: dict) -> str
 
 
 # ---------------------------------------------------------------------------
+# the directory
+
+
+def prepare_directory(path: str | os.PathLike, create: bool = True) -> str | None:
+    """Make sure checkpoints can be written beside ``path``; what stops them, or None.
+
+    The missing directories of ``path`` are created with mode 0700 (the
+    state is the model of private data) when ``create`` is true; with
+    ``create=False`` nothing is changed and a missing directory is fine as
+    long as it could be created. The answer is a sentence that says what is
+    wrong and what to do, or None when checkpoints can be written.
+
+    >>> import tempfile, os, stat
+    >>> root = tempfile.mkdtemp()
+    >>> target = os.path.join(root, "state", "model.npz")
+    >>> prepare_directory(target, create=False), os.path.exists(os.path.dirname(target))
+    (None, False)
+    >>> prepare_directory(target), oct(stat.S_IMODE(os.stat(os.path.dirname(target)).st_mode))
+    (None, '0o700')
+    >>> open(os.path.join(root, "file"), "w").close()
+    >>> print(prepare_directory(os.path.join(root, "file", "model.npz")))  # doctest: +ELLIPSIS
+    cannot use .../file as a directory: it is a file; point the path elsewhere, or move that file
+    """
+    target = os.path.abspath(os.fspath(path))
+    if os.path.isdir(target):
+        return f"{target} is a directory; give the path of a file in it (such as model.npz)"
+    directory = os.path.dirname(target)
+    missing = []
+    existing = directory
+    while not os.path.exists(existing):
+        missing.append(existing)
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return (
+            f"cannot use {existing} as a directory: it is a file; point the path "
+            "elsewhere, or move that file"
+        )
+    if missing and not create:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return (
+                f"{directory} does not exist and cannot be created ({existing} is not "
+                "writable); create it, writable by the user streamgmm runs as"
+            )
+        return None
+    for name in reversed(missing):
+        try:
+            os.mkdir(name, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            return (
+                f"cannot create the directory {name}: {exc.strerror or exc}; create it, "
+                "writable by the user streamgmm runs as, or point the path elsewhere"
+            )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return (
+            f"the directory {directory} is not writable by this user; make it writable "
+            "(chown/chmod), or point the path elsewhere"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------
 # writing
 
 

@@ -5,6 +5,8 @@
     streamgmm run -c FILE          the daemon
     streamgmm demo                 embedded broker + synthetic stream + the daemon
     streamgmm score -c FILE IN     offline: JSONL/CSV in, scored JSONL out
+    streamgmm score IN --fields a,b,c        the same without a configuration file
+    streamgmm evaluate -c FILE IN --label y  ROC-AUC, AP, precision and recall on labels
     streamgmm check-config FILE    validate a configuration
     streamgmm inspect CHECKPOINT   components, weights, events seen
     streamgmm plot CHECKPOINT|IN   PNG of the mixture's ellipses (and outliers)
@@ -79,11 +81,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .checkpoint import prepare_directory
     from .config import redacted
 
     config, error = _load(args.file)
     if error:
         return _fail(error)
+    # The file is valid whatever this machine is like; the checkpoint's directory is checked
+    # here, as this user, without creating anything (`run` creates what is missing, 0700),
+    # and only warned about: the file may be meant for another machine or a container.
+    path = config.checkpoint.path
+    problem = None if path is None else prepare_directory(path, create=False)
+    if problem is not None:
+        print(
+            f"streamgmm: warning: checkpoint.path: {problem} (checked on this machine as this "
+            "user: `streamgmm run` here would refuse to start)",
+            file=sys.stderr,
+        )
     if args.print:
         json.dump(redacted(config), sys.stdout, indent=2, default=str)
         print()
@@ -94,6 +108,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             f"{args.file}: OK ({source.kind} source {where!r}, "
             f"{len(config.features.fields)} fields, threshold {config.threshold.kind})"
         )
+        directory = os.path.dirname(os.path.abspath(path)) if path is not None else None
+        if problem is None and directory is not None and not os.path.isdir(directory):
+            print(f"  checkpoint.path: {directory} does not exist: `run` creates it (mode 0700)")
     return 0
 
 
@@ -191,10 +208,49 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # score
 
 
+def _file_config(args: argparse.Namespace):
+    """The configuration of ``score`` and ``evaluate``: ``-c FILE``, ``--fields``, or both
+    (``--fields`` and ``--key`` then replace the file's features); (config, error)."""
+    from dataclasses import replace
+
+    from .config import ConfigError, parse_config
+
+    if args.config is None and args.fields is None:
+        return None, "give the fields to read (--fields a,b,c) or a configuration (-c FILE)"
+    config = None
+    if args.config is not None:
+        config, error = _load(args.config)
+        if error:
+            return None, error
+    if args.fields is None:
+        return config, None
+    features = {"fields": [f.strip() for f in args.fields.split(",") if f.strip()]}
+    if args.key is not None:
+        features["key"] = args.key
+    try:  # validated as a file's features are
+        flags = parse_config(
+            {"source": {"kind": "file"}, "features": features, "checkpoint": {"path": None},
+             "metrics": {"port": 0}, "log": {"level": "WARNING"}},
+            source="--fields/--key",
+        )  # fmt: skip
+    except ConfigError as exc:
+        return None, str(exc)
+    if config is None:
+        return flags, None
+    key = config.features.key if args.key is None else flags.features.key
+    return replace(config, features=replace(config.features, fields=flags.features.fields,
+                                            key=key)), None  # fmt: skip
+
+
+def _progress(input_path: str) -> bool:
+    """A progress line on standard error: when it is a terminal and the input a file."""
+    return sys.stderr.isatty() and input_path != "-" and os.path.isfile(input_path)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from .offline import score_file
 
-    config, error = _load(args.config)
+    config, error = _file_config(args)
     if error:
         return _fail(error)
     from .logs import configure
@@ -208,10 +264,48 @@ def cmd_score(args: argparse.Namespace) -> int:
             args.outliers,
             args.format,
             checkpoint=args.checkpoint,
-            progress=sys.stderr.isatty(),
+            progress=_progress(args.input),
         )
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
+
+
+# ---------------------------------------------------------------------------
+# evaluate
+
+
+def _nan_as_null(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _nan_as_null(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .offline import evaluate_file, format_evaluation
+
+    config, error = _file_config(args)
+    if error:
+        return _fail(error)
+    from .logs import configure
+
+    configure(config.log.level, "text" if sys.stderr.isatty() else config.log.format)
+    try:
+        report = evaluate_file(
+            config, args.input, args.label, args.format, progress=_progress(args.input)
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        # NaN (a measure without both classes) as null: strict JSON for machines
+        json.dump(_nan_as_null(report), sys.stdout, indent=2, allow_nan=False)
+        print()
+    else:
+        print(format_evaluation(report))
+    if report["scored"]["events"] == 0:
+        return _fail("no labelled event was scored (all in the warm-up?): nothing measured", 1)
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +350,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
+def _file_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", default=None, help="YAML configuration file (or give --fields)"
+    )
+    parser.add_argument("input", help="JSONL or CSV file, or - for standard input")
+    parser.add_argument(
+        "--fields",
+        default=None,
+        help="comma-separated numeric fields (dotted paths), instead of features.fields",
+    )
+    parser.add_argument(
+        "--key", default=None, help="field copied into the records as their key (features.key)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamgmm",
@@ -286,9 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    score = commands.add_parser("score", help="score a JSONL or CSV file offline")
-    score.add_argument("-c", "--config", required=True, help="YAML configuration file")
-    score.add_argument("input", help="JSONL or CSV file, or - for standard input")
+    score = commands.add_parser(
+        "score",
+        help="score a JSONL or CSV file offline",
+        description="Score a JSONL or CSV file as the daemon would: one scored JSONL record "
+        "per event. The fields come from -c FILE, or --fields without one; a progress line "
+        "goes to standard error when it is a terminal and the input is a file.",
+    )
+    _file_options(score)
     score.add_argument(
         "-o",
         "--output",
@@ -304,7 +418,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.set_defaults(func=cmd_score)
 
-    check = commands.add_parser("check-config", help="validate a configuration file")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="ROC-AUC, average precision, precision and recall on a labelled file",
+        description="Run the detector over a labelled JSONL or CSV file, as `score` does, and "
+        "compare with the labels (1/0, true/false, yes/no, anomaly/normal): ROC-AUC and "
+        "average precision of the scores, precision and recall of the outlier flag at the "
+        "configured threshold. Over the scored events only: the warm-up ones are counted "
+        "apart. Exit 1 when no labelled event was scored.",
+    )
+    _file_options(evaluate)
+    evaluate.add_argument(
+        "--label", required=True, help="the column (top-level key) holding the labels"
+    )
+    evaluate.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto")
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Validate a configuration file (exit 2 naming every bad key); also warn "
+        "when checkpoint.path's directory could not be created or written on this machine by "
+        "this user (nothing is created: `run` creates missing directories, mode 0700).",
+    )
     check.add_argument("file")
     check.add_argument(
         "--print", action="store_true", help="print the resolved configuration (secrets redacted)"

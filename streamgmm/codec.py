@@ -17,6 +17,7 @@ not_object      valid JSON, but not an object (an array, a number, ...)
 missing_field   a field is absent or null
 not_numeric     a field is a string, a boolean, an object or an array
 not_finite      a field is NaN, Infinity, or too large for a 64-bit float
+model_error     (not a decoding error) the model raised on the event's batch
 ==============  ==========================================================
 
 Fields are dotted paths into the event: ``host.cpu`` reads
@@ -78,7 +79,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 __all__ = [
     "DEAD_LETTER_FIELDS",
+    "DEAD_LETTER_REASONS",
     "MAX_DEPTH",
+    "MODEL_ERROR",
     "OUTLIER_FIELDS",
     "REASONS",
     "SCORE_FIELDS",
@@ -106,6 +109,13 @@ REASONS = (
     "not_numeric",
     "not_finite",
 )
+
+#: The dead-letter reason of the events of a batch the model raised on (the daemon's
+#: loop goes on); not a decoding error, so not among ``REASONS``.
+MODEL_ERROR = "model_error"
+
+#: Every ``reason`` a dead letter can carry.
+DEAD_LETTER_REASONS = (*REASONS, MODEL_ERROR)
 
 #: Outlier record fields, in order (DESIGN.md "Records").
 OUTLIER_FIELDS = (

@@ -52,10 +52,17 @@ from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     load_state,
+    prepare_directory,
     remove_leftovers,
     save_state,
 )
-from .codec import encode_dead_letter, encode_outlier, encode_score_records
+from .codec import (
+    MODEL_ERROR,
+    DecodeError,
+    encode_dead_letter,
+    encode_outlier,
+    encode_score_records,
+)
 from .config import Config
 from .decoder import ANSWER_TIMEOUT_S, Decoder, Pending, default_workers
 from .detector import BatchResult, Detector
@@ -76,6 +83,10 @@ STATUS_EVERY_S = 10.0
 POLL_TIMEOUT_S = 1.0  # shortened under a short WatchdogSec= (see Daemon._block_s)
 LAG_EVERY_S = 5.0
 SLOW_ITERATION_S = 0.25
+#: A record timestamp this far ahead of our clock is a producer's clock error, not a delay:
+#: counted in streamgmm_future_timestamps_total, not observed in the delay histograms.
+#: Smaller skews (NTP keeps clocks within milliseconds) count as a delay of 0.
+FUTURE_TOLERANCE_S = 1.0
 
 
 _value = attrgetter("value")
@@ -151,6 +162,9 @@ def restore(config: Config) -> Restored:
     path = config.checkpoint.path
     if path is None:
         return fresh
+    problem = prepare_directory(path)  # its missing directories are created (0700)
+    if problem is not None:
+        raise FatalError(f"checkpoint.path: {problem} (not started)")
     leftovers = remove_leftovers(path)
     if leftovers:
         log.info("removed temporary files of interrupted checkpoint writes: %s", leftovers)
@@ -299,6 +313,8 @@ class Daemon:
         self._events_since_status = 0
         self._status_due = False  # report now, not at the next STATUS_EVERY_S
         self._outliers_recent: list[tuple[float, int]] = []
+        self._warned_future = False  # events timestamped in the future: logged once
+        self._status_requested = False  # SIGUSR1: log a status line
         self._seen_warmup = self.detector.is_warmed_up
         self.health.set("warmed_up", self.detector.is_warmed_up, "warming up")
         self.health.set("assigned", not self.kafka, "no partitions assigned")
@@ -312,6 +328,11 @@ class Daemon:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM, SIGINT and SIGHUP: a clean shutdown (no reload: restart to reconfigure);
+        SIGUSR1: a status line in the log. Any of them left at its default would end the
+        process at once, without the shutdown checkpoint (its events read again, their
+        outliers published twice)."""
+
         def handle(signum: int, frame: Any) -> None:
             # Only set the flag: the handler may run inside a notifier send that
             # holds its lock. The loop sends STOPPING=1 within a tick.
@@ -320,8 +341,13 @@ class Daemon:
             )
             self.stop()
 
+        def status(signum: int, frame: Any) -> None:
+            self._status_requested = True  # logged by the loop within a tick
+
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGHUP, handle)
+        signal.signal(signal.SIGUSR1, status)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -488,9 +514,13 @@ class Daemon:
         self._send_dead_letters(records, decoded.errors)
         result = None
         if len(decoded.X):
-            result = self.detector.process(decoded.X)
-            self._send_outliers(records, decoded, result)
-            self._send_scores(records, decoded, result)
+            try:
+                result = self.detector.process(decoded.X)
+            except Exception as exc:  # one batch must not stop the stream (a crash loop)
+                self._model_error(records, decoded, exc)
+            else:
+                self._send_outliers(records, decoded, result)
+                self._send_scores(records, decoded, result)
         self._offsets.update(next_offsets(records))
         self._dirty = True
         self._count(records, decoded, result)
@@ -511,6 +541,28 @@ class Daemon:
         if errors:
             self.metrics.count_dead_letters(error.reason for error in errors)
             self.metrics.events_total.labels(status="invalid").inc(len(errors))
+
+    def _model_error(self, records: list, decoded: Any, exc: Exception) -> None:
+        """The model raised on this batch: its events become dead letters, the loop goes on
+        (their offsets advance as any batch's do, so a restart does not meet them again)."""
+        error = f"the model could not process this event's batch: {type(exc).__name__}: {exc}"
+        self._send_dead_letters(
+            records, [DecodeError(int(i), MODEL_ERROR, error) for i in decoded.ok_index]
+        )
+        first = records[decoded.ok_index[0]]
+        log.error(
+            "the model raised on a batch of %d events (from %s:%d offset %d): %s: %s; they are "
+            "sent to the dead letters (reason %s) and the daemon goes on. One event can cause "
+            "it: report it with those dead letters (their payloads reproduce it)",
+            len(decoded.ok_index),
+            first.topic,
+            first.partition,
+            first.offset,
+            type(exc).__name__,
+            exc,
+            MODEL_ERROR,
+            exc_info=exc,
+        )
 
     def _send_outliers(self, records: list, decoded: Any, result: BatchResult) -> None:
         now = time.time()
@@ -543,8 +595,9 @@ class Daemon:
     def _observe_ack(self, timestamp_ms: int, handle: SendHandle) -> None:
         """Runs in the sink's delivery thread: how late the outlier reached the broker."""
         if handle.succeeded():
-            delay = max(0.0, time.time() - timestamp_ms / 1000.0)
-            self.metrics.outlier_delay_seconds.observe(delay)
+            delay = time.time() - timestamp_ms / 1000.0
+            if delay >= -FUTURE_TOLERANCE_S:  # beyond: counted in _count, not a delay
+                self.metrics.outlier_delay_seconds.observe(max(0.0, delay))
 
     def _send_scores(self, records: list, decoded: Any, result: BatchResult) -> None:
         if "scores" not in self.sink.roles:
@@ -568,7 +621,12 @@ class Daemon:
             stamps = np.array([r.timestamp or 0 for r in records], dtype=np.float64)
         stamps = stamps[stamps > 0]  # 0: none known, -1: the producer set none
         if len(stamps):
-            self.metrics.event_delay_seconds.observe(np.maximum(now - stamps / 1000.0, 0.0))
+            delays = now - stamps / 1000.0
+            future = delays < -FUTURE_TOLERANCE_S
+            if future.any():
+                self._count_future(int(future.sum()), float(-delays.min()))
+                delays = delays[~future]
+            self.metrics.event_delay_seconds.observe(np.maximum(delays, 0.0))
         self._events_since_status += len(records)
         if result is None:
             return
@@ -583,6 +641,19 @@ class Daemon:
         if scored:
             self.metrics.log_likelihood.observe(result.log_likelihood[~result.is_warmup])
         self._publish_model_metrics(result)
+
+    def _count_future(self, n: int, ahead_s: float) -> None:
+        self.metrics.future_timestamps_total.inc(n)
+        if not self._warned_future:
+            self._warned_future = True  # once: the counter says how often
+            log.warning(
+                "%d event(s) are timestamped up to %.1f s ahead of this host's clock: a "
+                "producer's clock (or this host's) is wrong; check NTP on both. They are "
+                "scored, but left out of the delay histograms and counted in "
+                "streamgmm_future_timestamps_total (logged once)",
+                n,
+                ahead_s,
+            )
 
     def _publish_model_metrics(self, result: BatchResult | None) -> None:
         detector = self.detector
@@ -789,6 +860,9 @@ class Daemon:
 
     def _report(self) -> None:
         now = time.monotonic()
+        if self._status_requested:
+            self._status_requested = False
+            self._log_status()
         if self.kafka and now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
             try:
@@ -815,6 +889,27 @@ class Daemon:
             else:
                 text = f"{rate:.0f} events/s, {recent} outliers in the last minute"
             self.notifier.status(text)
+
+    def _log_status(self) -> None:
+        """The status line SIGUSR1 asks for: what the loop has done and where it is."""
+        _, readiness = self.health.readiness()
+        age = time.monotonic() - self._last_checkpoint
+        log.info(
+            "status (SIGUSR1)",
+            extra={
+                "fields": {
+                    "events_seen": self.detector.n_seen,
+                    "outliers": self.detector.n_outliers,
+                    "warmed_up": self.detector.is_warmed_up,
+                    "ready": readiness["ready"],
+                    "failing": readiness["failing"],
+                    "seconds_since_checkpoint": round(age, 1),
+                    "offsets": {
+                        f"{tp.topic}:{tp.partition}": o for tp, o in sorted(self._offsets.items())
+                    },
+                }
+            },
+        )
 
     # -- shutdown -----------------------------------------------------------------
 

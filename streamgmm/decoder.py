@@ -146,10 +146,11 @@ def serve(stdin: Any, stdout: Any) -> None:
 
 
 def main() -> None:
-    # The parent decides when this process ends (end of its input); a Ctrl-C or a
-    # service manager's SIGTERM sent to the whole group must not end it mid-batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The parent decides when this process ends (end of its input); a Ctrl-C, a
+    # service manager's SIGTERM or a SIGHUP (a closed terminal) sent to the whole group,
+    # or a SIGUSR1 meant for the daemon, must not end it mid-batch.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
     serve(sys.stdin.buffer, sys.stdout.buffer)
 
 
@@ -211,6 +212,7 @@ class _Child:
         )
         self._out = self.process.stdin.fileno()
         self._in = self.process.stdout.fileno()
+        self._inbox = bytearray()  # answers read while a request was being written
         for fd in (self._out, self._in):
             _widen(fd)
             os.set_blocking(fd, False)
@@ -221,15 +223,40 @@ class _Child:
         return self.process.pid
 
     def send(self, frame: bytes) -> None:
+        """Write ``frame``; answers that arrive meanwhile are read into the inbox.
+
+        The child writes an answer before it reads the next request: an answer
+        larger than the pipe leaves it waiting for the loop to read, while the
+        loop waits for it to read the request. Reading while writing breaks
+        that circle.
+        """
         data = memoryview(frame)
         deadline = time.monotonic() + self.timeout_s
         while data:
             try:
                 data = data[os.write(self._out, data) :]
             except BlockingIOError:
-                self._wait(self._out, writing=True, deadline=deadline)
+                remaining = max(0.0, deadline - time.monotonic())
+                readable, writable, _ = select.select([self._in], [self._out], [], remaining)
+                if not readable and not writable:
+                    raise ChildGone(
+                        f"the decoding process did not answer within {self.timeout_s:g} s"
+                    ) from None
+                if readable:
+                    self._drain()
             except OSError as exc:  # BrokenPipeError: it has ended
                 raise ChildGone(self._ended(exc)) from None
+
+    def _drain(self) -> None:
+        """Move what the child has written so far into the inbox, without waiting."""
+        while True:
+            try:
+                chunk = os.read(self._in, PIPE_BYTES)
+            except BlockingIOError:
+                return
+            if not chunk:
+                raise ChildGone(self._ended("its output closed"))
+            self._inbox += chunk
 
     def receive(self) -> bytearray:
         deadline = time.monotonic() + self.timeout_s
@@ -238,7 +265,10 @@ class _Child:
 
     def _read(self, n: int, deadline: float) -> bytearray:
         buffer = bytearray(n)
-        view, got = memoryview(buffer), 0
+        got = min(n, len(self._inbox))  # first what was read while sending
+        buffer[:got] = self._inbox[:got]
+        del self._inbox[:got]
+        view = memoryview(buffer)
         while got < n:
             try:
                 chunk = os.readv(self._in, [view[got:]])

@@ -5,7 +5,10 @@ Every metric lives in the :class:`Metrics` object's own
 process, or a test next to a daemon, do not collide). Names carry the
 ``streamgmm_`` prefix and are spelled once, in :class:`Metrics`; the
 Markdown reference is generated from the registry
-(:func:`reference_markdown`).
+(:func:`reference_markdown`). A registry the object creates also holds
+prometheus-client's process, platform and GC collectors (``process_*``,
+``python_info``, ``python_gc_*``: :data:`STANDARD_METRICS`), which the
+global registry would otherwise be the only one to have.
 
 Per-event histograms (``log_likelihood``, ``event_delay_seconds``) take a
 whole batch at once: :class:`BatchHistogram` bins an array with numpy
@@ -48,18 +51,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from streamgmm import __version__
-from streamgmm.codec import REASONS
+from streamgmm.codec import DEAD_LETTER_REASONS
 
 __all__ = [
     "BROKER_OPERATIONS",
     "PREFIX",
     "READINESS_CONDITIONS",
+    "STANDARD_METRICS",
     "BatchHistogram",
     "Health",
     "Metrics",
@@ -100,6 +112,18 @@ CHECKPOINT_REJECTIONS = ("corrupt", "mismatch")
 
 #: Readiness conditions, all required for /readyz to answer 200.
 READINESS_CONDITIONS = ("connected", "assigned", "warmed_up")
+
+#: prometheus-client's standard collectors in a registry :class:`Metrics` creates, and
+#: what they export (``process_*`` on Linux only: read from /proc).
+STANDARD_METRICS = (
+    ("process", "`process_resident_memory_bytes`, `process_virtual_memory_bytes`, "
+     "`process_cpu_seconds_total`, `process_open_fds`, `process_max_fds`, "
+     "`process_start_time_seconds` (Linux only: read from /proc; the daemon's own process, "
+     "not its decoding child)"),
+    ("platform", "`python_info` (labels: implementation, major, minor, patchlevel, version)"),
+    ("gc", "`python_gc_objects_collected_total`, `python_gc_objects_uncollectable_total`, "
+     "`python_gc_collections_total` (label: generation)"),
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -197,13 +221,19 @@ class Metrics:
     Parameters
     ----------
     registry : CollectorRegistry or None
-        A fresh one by default.
+        A fresh one by default, with the process, platform and GC collectors
+        (:data:`STANDARD_METRICS`); a registry passed in is used as it is
+        (the global one has those collectors already).
     version : str
         The ``version`` label of ``streamgmm_build_info``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, version: str = __version__):
         r = self.registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         p = PREFIX
         self.events_total = Counter(
             p + "events", "Events read, by status: scored, warmup (buffered before the "
@@ -231,6 +261,11 @@ class Metrics:
         self.event_delay_seconds = BatchHistogram(
             p + "event_delay_seconds", "Scoring time minus the event's record timestamp.",
             EVENT_DELAY_BUCKETS, r,
+        )  # fmt: skip
+        self.future_timestamps_total = Counter(
+            p + "future_timestamps", "Events whose record timestamp is more than 1 s ahead "
+            "of the daemon's clock (a producer's clock is wrong); left out of the delay "
+            "histograms.", registry=r,
         )  # fmt: skip
         self.outlier_delay_seconds = Histogram(
             p + "outlier_delay_seconds", "Time from an outlier's record timestamp to the "
@@ -289,7 +324,7 @@ class Metrics:
         self.build_info.labels(version=version).set(1)
         for status in ("scored", "warmup", "invalid"):
             self.events_total.labels(status=status)
-        for reason in REASONS:
+        for reason in DEAD_LETTER_REASONS:
             self.dead_letters_total.labels(reason=reason)
         for operation in BROKER_OPERATIONS:
             self.broker_errors_total.labels(operation=operation)
@@ -342,7 +377,8 @@ class Metrics:
 
 
 def reference_markdown(metrics: Metrics | None = None) -> str:
-    """Every metric's name, type, labels and help, as a Markdown table.
+    """Every streamgmm metric's name, type, labels and help, as a Markdown table;
+    then the standard collectors' metrics (:data:`STANDARD_METRICS`).
 
     >>> print(reference_markdown().splitlines()[2])
     | metric | type | labels | description |
@@ -356,11 +392,15 @@ def reference_markdown(metrics: Metrics | None = None) -> str:
         if hasattr(obj, "_labelnames") and hasattr(obj, "_name")
     }
     for family in metrics.registry.collect():
+        if not family.name.startswith(PREFIX):
+            continue  # the standard collectors: listed below, as exported on Linux
         name = family.name + ("_total" if family.type == "counter" else "")
         labels = declared.get(family.name, declared.get(name, ()))
         lines.append(
             f"| `{name}` | {family.type} | {', '.join(labels) or '-'} | {family.documentation} |"
         )
+    lines += ["", "Also exported, by prometheus-client's standard collectors:", ""]
+    lines += [f"- {collector}: {names}" for collector, names in STANDARD_METRICS]
     return "\n".join(lines) + "\n"
 
 

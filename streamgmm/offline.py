@@ -1,4 +1,4 @@
-"""``streamgmm score``: the daemon's pipeline over a file, as a filter.
+"""``streamgmm score`` and ``evaluate``: the daemon's pipeline over a file.
 
 The same loop as the service (decode, score, learn, dead letters), with a
 file source and a file sink: every event comes out as a score record
@@ -6,6 +6,12 @@ file source and a file sink: every event comes out as a score record
 responsibilities), unusable lines go to standard error as dead letters.
 CSV input (a header row, numeric cells) is read as if each row were a JSON
 object.
+
+``evaluate`` runs the same loop over a labelled file and compares the
+scores of the scored events (warm-up ones apart) with the labels: ROC-AUC,
+average precision, and precision and recall of the outlier flag at the
+configured threshold (:func:`evaluate_file`, :func:`roc_auc`,
+:func:`average_precision`).
 """
 
 from __future__ import annotations
@@ -13,11 +19,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from .config import Config
 from .sinks import FileSink
@@ -65,8 +75,10 @@ class CsvAsJsonl(io.RawIOBase):
 class Progress:
     """A one-line progress report on standard error: lines done, rate, share of the file."""
 
-    def __init__(self, path: str) -> None:
-        self.total = _count_lines(path) if path != "-" and os.path.isfile(path) else None
+    def __init__(self, path: str, header_lines: int = 0) -> None:
+        self.total = (
+            _count_lines(path) - header_lines if path != "-" and os.path.isfile(path) else None
+        )
         self.done = 0
         self.outliers = 0
         self.started = self._shown = time.monotonic()
@@ -93,11 +105,12 @@ class Progress:
 
 
 def _count_lines(path: str) -> int:
-    count = 0
+    count, last = 0, b"\n"
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             count += chunk.count(b"\n")
-    return count
+            last = chunk[-1:]
+    return count + (last != b"\n")  # a last line without its newline counts too
 
 
 def _is_csv(path: str, fmt: str) -> bool:
@@ -112,17 +125,23 @@ def score_file(
     fmt: str = "auto",
     checkpoint: str | None = None,
     progress: bool = False,
+    on_batch: Callable[..., None] | None = None,
+    dead_letters: str | None = None,
 ) -> int:
     """Score ``input_path`` with ``config``'s fields, model and threshold; the exit code.
 
     The configuration's checkpoint and metrics server are not used (a
     production checkpoint is never overwritten by a file run); pass
-    ``checkpoint`` to start from a model and save it back.
+    ``checkpoint`` to start from a model and save it back. ``progress``
+    reports on standard error; ``on_batch`` is called with ``(records,
+    decoded, result)`` after each batch; dead letters go to standard error
+    unless ``dead_letters`` names a file.
     """
     from .daemon import Daemon
 
     stream = None
-    if _is_csv(input_path, fmt):
+    csv_input = _is_csv(input_path, fmt)
+    if csv_input:
         text = sys.stdin if input_path == "-" else open(input_path, newline="")  # noqa: SIM115
         stream = CsvAsJsonl(text)
     config = replace(
@@ -132,11 +151,192 @@ def score_file(
         metrics=replace(config.metrics, port=0),
     )
     source = FileSource(input_path, stream=stream)
-    sink = FileSink(outliers or os.devnull, None, output)
-    report = Progress(input_path) if progress else None
-    daemon = Daemon(config, source=source, sink=sink, serve_metrics=False, on_batch=report)
+    sink = FileSink(outliers or os.devnull, dead_letters, output)
+    report = Progress(input_path, header_lines=int(csv_input)) if progress else None
+    hooks = [hook for hook in (on_batch, report) if hook is not None]
+
+    def each_batch(records: list, decoded: Any, result: Any) -> None:
+        for hook in hooks:
+            hook(records, decoded, result)
+
+    daemon = Daemon(
+        config, source=source, sink=sink, serve_metrics=False,
+        on_batch=each_batch if hooks else None,
+    )  # fmt: skip
     daemon.install_signal_handlers()
     code = daemon.run()
     if report is not None:
         report.show(end="\n")
     return code
+
+
+# ---------------------------------------------------------------------------
+# evaluate
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve: the chance that an anomaly outscores a normal event.
+
+    Mann-Whitney's U over average ranks, so tied scores count one half (as
+    ``sklearn.metrics.roc_auc_score``). ``y`` (n,) of 0/1, ``score`` (n,),
+    higher meaning more anomalous; NaN when one class is absent.
+
+    >>> roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    0.75
+    >>> roc_auc(np.array([0, 1]), np.array([2.0, 2.0]))
+    0.5
+    """
+    from scipy.stats import rankdata  # type: ignore[import-untyped]
+
+    y = np.asarray(y, dtype=bool)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = rankdata(score)  # ties: their average rank
+    u = ranks[y].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
+
+
+def average_precision(y: np.ndarray, score: np.ndarray) -> float:
+    """Average precision: the mean of the precision at each anomaly's rank.
+
+    The step-wise sum over distinct score thresholds, highest first,
+    ``sum((R_k - R_{k-1}) * P_k)``, as ``sklearn.metrics.average_precision_score``.
+    ``y`` (n,) of 0/1, ``score`` (n,); NaN when there is no anomaly.
+
+    >>> average_precision(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    0.8333333333333333
+    """
+    y = np.asarray(y, dtype=bool)
+    if not y.any():
+        return math.nan
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="mergesort")
+    ranked, hits = np.asarray(score)[order], y[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    true_pos = np.cumsum(hits)[last_of_tie]
+    precision = true_pos / (last_of_tie + 1)
+    recall = true_pos / true_pos[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+_TRUE = {"1", "true", "yes", "anomaly", "outlier", "attack", "fraud"}
+_FALSE = {"0", "false", "no", "normal", "inlier", "benign"}
+
+
+def _label(value: Any) -> float:
+    """1.0 anomaly, 0.0 normal, NaN unreadable: booleans, numbers (non-zero is an
+    anomaly), or words such as true/false, 1/0, yes/no, anomaly/normal."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return math.nan if math.isnan(value) else float(value != 0)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        return 1.0 if word in _TRUE else 0.0 if word in _FALSE else math.nan
+    return math.nan
+
+
+def evaluate_file(
+    config: Config,
+    input_path: str,
+    label: str,
+    fmt: str = "auto",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run ``config``'s detector over a labelled file; how its scores and flags agree.
+
+    ``label`` is a top-level key (a CSV column) of each event: 1/0, true/false
+    and the like (:func:`_label`); it must not be one of the features. The
+    events are scored as ``streamgmm score`` scores them, in order, the model
+    learning as it goes (prequential). Warm-up events are counted apart: the
+    measures are over the scored events with a readable label.
+
+    Returns a plain dict: ``events``, ``unusable`` (dead letters),
+    ``unlabelled``, ``warmup`` (events and anomalies among them), ``scored``
+    (events, anomalies, flagged, true_positives), ``roc_auc``,
+    ``average_precision``, ``precision``, ``recall`` (at the threshold:
+    the outlier flag), ``threshold`` (its kind and last value).
+    """
+    if label in config.features.fields:
+        raise ValueError(
+            f"the label {label!r} is one of the features: remove it from features.fields "
+            "(or --fields); the model must not see the answer"
+        )
+    # in the loop: each event's label is read from its parsed object
+    config = replace(config, features=replace(config.features, decode_process=False))
+    parts: dict[str, list] = {"y": [], "score": [], "flag": [], "warmup": []}
+    counts = {"events": 0, "unusable": 0, "unlabelled": 0}
+    last_threshold = [math.nan]
+
+    def collect(records: list, decoded: Any, result: Any) -> None:
+        counts["events"] += len(records)
+        counts["unusable"] += len(decoded.errors)
+        if result is None:
+            return
+        y = np.array([_label(event.get(label)) for event in decoded.events], dtype=np.float64)
+        parts["y"].append(y)
+        parts["score"].append(result.score)
+        parts["flag"].append(result.is_outlier)
+        parts["warmup"].append(result.is_warmup)
+        last_threshold[0] = float(result.threshold)
+
+    code = score_file(
+        config, input_path, os.devnull, None, fmt, progress=progress, on_batch=collect,
+        dead_letters=os.devnull,
+    )  # fmt: skip
+    if code != 0:
+        raise RuntimeError(f"scoring {input_path} stopped (exit code {code})")
+    y, score = (np.concatenate(parts[k]) if parts[k] else np.zeros(0) for k in ("y", "score"))
+    flag, warmup = (
+        np.concatenate(parts[k]).astype(bool) if parts[k] else np.zeros(0, dtype=bool)
+        for k in ("flag", "warmup")
+    )
+    known = ~np.isnan(y)
+    counts["unlabelled"] = int(np.count_nonzero(~known))
+    scored = known & np.logical_not(warmup)
+    y_s, score_s, flag_s = y[scored].astype(bool), score[scored], flag[scored]
+    true_positives = int((y_s & flag_s).sum())
+    flagged, anomalies = int(flag_s.sum()), int(y_s.sum())
+    return {
+        "input": input_path,
+        "label": label,
+        "fields": list(config.features.fields),
+        **counts,
+        "warmup": {"events": int((known & warmup).sum()),
+                   "anomalies": int(y[known & warmup].sum())},
+        "scored": {"events": int(scored.sum()), "anomalies": anomalies, "flagged": flagged,
+                   "true_positives": true_positives},
+        "roc_auc": roc_auc(y_s, score_s),
+        "average_precision": average_precision(y_s, score_s),
+        "precision": true_positives / flagged if flagged else math.nan,
+        "recall": true_positives / anomalies if anomalies else math.nan,
+        "threshold": {"kind": config.threshold.kind, "last_value": last_threshold[0]},
+    }  # fmt: skip
+
+
+def format_evaluation(report: dict[str, Any]) -> str:
+    """The :func:`evaluate_file` report as a table for a person."""
+
+    def number(value: float) -> str:
+        return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+
+    scored, warmup = report["scored"], report["warmup"]
+    rows = [
+        ("input", report["input"]),
+        ("label", report["label"]),
+        ("fields", ", ".join(report["fields"])),
+        ("events", f"{report['events']:,} ({report['unusable']:,} unusable, "
+                   f"{report['unlabelled']:,} without a readable label)"),
+        ("warm-up (not measured)", f"{warmup['events']:,} events, "
+                                   f"{warmup['anomalies']:,} anomalies"),
+        ("scored", f"{scored['events']:,} events, {scored['anomalies']:,} anomalies"),
+        ("ROC-AUC", number(report["roc_auc"])),
+        ("average precision", number(report["average_precision"])),
+        (f"precision at the threshold ({report['threshold']['kind']})",
+         f"{number(report['precision'])}  ({scored['true_positives']:,} of "
+         f"{scored['flagged']:,} flagged)"),
+        ("recall at the threshold", f"{number(report['recall'])}  "
+                                    f"({scored['true_positives']:,} of {scored['anomalies']:,})"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -75,9 +75,13 @@ EXTRA_METRICS = frozenset(
         "streamgmm_broker_errors_total",
         "streamgmm_checkpoint_rejected",
         "streamgmm_decoder_failures_total",
+        "streamgmm_future_timestamps_total",
         *(f"streamgmm_outlier_delay_seconds{s}" for s in ("", "_bucket", "_sum", "_count")),
     }
 )
+# prometheus-client's process collector in the daemon's registry (Linux), read by the
+# dashboard's memory and CPU panels
+PROCESS_METRICS = frozenset({"process_resident_memory_bytes", "process_cpu_seconds_total"})
 
 # Grafana's variables, replaced by values that keep the expression's meaning
 # for a syntax check: ranges by durations, label variables by match-anything.

@@ -64,7 +64,8 @@ def file_daemon(tmp_path) -> Daemon:
 
 @pytest.fixture
 def restore_signal_handlers():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+    saved = {s: signal.getsignal(s) for s in signals}
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -120,10 +121,10 @@ def test_close_stops_the_child(child_decoder):
 
 
 def test_the_child_ignores_the_signals_meant_for_the_daemon(child_decoder):
-    """systemd's SIGTERM (and a terminal's Ctrl-C) reach the whole group: the child must
-    still answer the batch the daemon finishes before stopping."""
+    """systemd's SIGTERM (and a terminal's Ctrl-C or hang-up) reach the whole group: the
+    child must still answer the batch the daemon finishes before stopping."""
     child_decoder.submit(batch(0)).result()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         os.kill(child_decoder.pid, signum)
     values = batch(1)
     assert_same(child_decoder.submit(values).result(), decode_batch(values, FIELDS, KEY, MAX_BYTES))
@@ -155,3 +156,35 @@ def test_values_that_are_not_bytes_are_decoded_in_the_loop(child_decoder):
     assert not pending.elsewhere
     assert_same(pending.result(), decode_batch(values, FIELDS, KEY, MAX_BYTES))
     assert child_decoder.failures == []
+
+
+def test_answers_larger_than_the_pipe_are_read_while_the_next_request_is_written():
+    """Two batches of 760 events of 200 nested fields, one after the other: 5 MiB of
+    request each, 1.2 MiB of answer, more than a pipe holds. The child blocks writing its
+    first answer while the loop writes the second request: unless the loop reads answers
+    as it writes, each waits for the other until the 30 s timeout."""
+    fields = [f"g{g}.f{f}" for g in range(20) for f in range(10)]
+    rng = np.random.default_rng(8)
+    batches = [
+        [json.dumps({"host": f"h{i}", **{f"g{g}": {f"f{f}": float(row[10 * g + f])
+                                                  for f in range(10)} for g in range(20)},
+                     "padding": "x" * 3000}).encode()
+         for i, row in enumerate(rng.normal(size=(760, 200)))]
+        for _ in range(2)
+    ]  # fmt: skip
+    assert sum(map(len, batches[0])) > 5 << 20
+    failures: list[str] = []
+    decoder = Decoder(fields, KEY, 1 << 16, workers=1, on_failure=failures.append)
+    try:
+        started = time.monotonic()
+        pending = [decoder.submit(values) for values in batches]
+        results = [p.result() for p in pending]
+        elapsed = time.monotonic() - started
+    finally:
+        decoder.close()
+    assert failures == [], failures
+    assert all(p.values is v for p, v in zip(pending, batches, strict=True))
+    for got, values in zip(results, batches, strict=True):
+        assert got.X.nbytes > 1 << 20  # an answer larger than the pipe
+        assert_same(got, decode_batch(values, fields, KEY, 1 << 16))
+    assert elapsed < 10, f"{elapsed:.1f} s: the loop and the child waited for each other"

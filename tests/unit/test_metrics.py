@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import socket
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamgmm.config import parse_config
 from streamgmm.metrics import (
     READINESS_CONDITIONS,
+    STANDARD_METRICS,
     BatchHistogram,
     Health,
     Metrics,
@@ -49,6 +52,7 @@ CONTRACT = {
     "streamgmm_ready": "gauge",
     "streamgmm_outlier_delay_seconds": "histogram",
     "streamgmm_checkpoint_rejected": "gauge",
+    "streamgmm_future_timestamps_total": "counter",
 }
 
 
@@ -346,3 +350,23 @@ def test_docs_metrics_md_is_the_generated_reference():
         "python -c 'from streamgmm import metrics; print(metrics.reference_markdown(), end=\"\")'"
         " > docs/metrics.md"
     )
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process_* needs /proc (Linux)")
+def test_process_platform_and_gc_collectors_are_in_the_registry():
+    text = Metrics().exposition().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    rss = families["process_resident_memory_bytes"].samples[0].value
+    assert 1 << 20 < rss < 1 << 40
+    assert families["process_cpu_seconds"].type == "counter"
+    assert "python_info" in families and "python_gc_collections" in families
+    for _, names in STANDARD_METRICS:  # what the reference says is exported
+        for name in re.findall(r"`(\w+)`", names):
+            assert name.removesuffix("_total") in families, name
+
+
+def test_a_registry_passed_in_is_used_as_it_is():
+    # the global registry has the standard collectors already: adding them twice would raise
+    registry = CollectorRegistry()
+    assert b"process_" not in Metrics(registry=registry).exposition()
+    assert b"streamgmm_events_total" in Metrics().exposition()

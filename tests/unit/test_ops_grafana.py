@@ -64,7 +64,7 @@ def test_instance_variable_filters_every_query():
     for title, expr in EXPRESSIONS:
         if title.startswith("variable "):
             continue
-        selectors = re.findall(r"streamgmm_\w+(\{[^}]*\})?", expr)
+        selectors = re.findall(r"\b(?:streamgmm|process|python)_\w+(\{[^}]*\})?", expr)
         assert selectors and all('instance=~"$instance"' in s for s in selectors), (title, expr)
 
 
@@ -123,7 +123,7 @@ def test_promtool_check_rejects_a_broken_expression(tmp_path):
 
 def test_every_metric_is_one_the_daemon_exports():
     names = dash.dashboard_metric_names()
-    unknown = names - dash.DESIGN_METRICS - dash.EXTRA_METRICS
+    unknown = names - dash.DESIGN_METRICS - dash.EXTRA_METRICS - dash.PROCESS_METRICS
     assert not unknown, f"not in DESIGN.md's metric list: {sorted(unknown)}"
     assert names & dash.DESIGN_METRICS == {
         n for n in dash.DESIGN_METRICS if not n.endswith(("_sum", "_count"))
@@ -152,6 +152,9 @@ def test_every_metric_is_one_the_daemon_exports():
         ("producer rebuilds", r"streamgmm_producer_rebuilds_total"),
         ("readiness", r"streamgmm_ready\{"),
         ("broker errors", r"sum by \(operation\) \(rate\(streamgmm_broker_errors_total"),
+        ("memory of streamgmm processes only",
+         r"^process_resident_memory_bytes\{.*\} and on \(instance\) streamgmm_build_info\{"),
+        ("CPU", r"rate\(process_cpu_seconds_total\{"),
     ],
 )  # fmt: skip
 def test_dashboard_shows(what, pattern):

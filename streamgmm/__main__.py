@@ -1,0 +1,8 @@
+"""``python -m streamgmm``: the same as the ``streamgmm`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
