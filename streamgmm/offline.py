@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from sklearn import metrics
 
 from .config import Config
 from .sinks import FileSink
@@ -175,48 +176,27 @@ def score_file(
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve: the chance that an anomaly outscores a normal event.
-
-    Mann-Whitney's U over average ranks, so tied scores count one half (as
-    ``sklearn.metrics.roc_auc_score``). ``y`` (n,) of 0/1, ``score`` (n,),
-    higher meaning more anomalous; NaN when one class is absent.
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``); NaN with one class.
 
     >>> roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
     0.75
-    >>> roc_auc(np.array([0, 1]), np.array([2.0, 2.0]))
-    0.5
     """
-    from scipy.stats import rankdata  # type: ignore[import-untyped]
-
     y = np.asarray(y, dtype=bool)
-    positives, negatives = int(y.sum()), int((~y).sum())
-    if positives == 0 or negatives == 0:
+    if y.all() or not y.any():
         return math.nan
-    ranks = rankdata(score)  # ties: their average rank
-    u = ranks[y].sum() - positives * (positives + 1) / 2
-    return float(u / (positives * negatives))
+    return float(metrics.roc_auc_score(y, score))
 
 
 def average_precision(y: np.ndarray, score: np.ndarray) -> float:
-    """Average precision: the mean of the precision at each anomaly's rank.
+    """Average precision (``sklearn.metrics.average_precision_score``); NaN without anomaly.
 
-    The step-wise sum over distinct score thresholds, highest first,
-    ``sum((R_k - R_{k-1}) * P_k)``, as ``sklearn.metrics.average_precision_score``.
-    ``y`` (n,) of 0/1, ``score`` (n,); NaN when there is no anomaly.
-
-    >>> average_precision(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
-    0.8333333333333333
+    >>> round(average_precision(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])), 4)
+    0.8333
     """
     y = np.asarray(y, dtype=bool)
     if not y.any():
         return math.nan
-    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="mergesort")
-    ranked, hits = np.asarray(score)[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
-    true_pos = np.cumsum(hits)[last_of_tie]
-    precision = true_pos / (last_of_tie + 1)
-    recall = true_pos / true_pos[-1]
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    return float(metrics.average_precision_score(y, score))
 
 
 _TRUE = {"1", "true", "yes", "anomaly", "outlier", "attack", "fraud"}
@@ -278,7 +258,7 @@ def evaluate_file(
         parts["score"].append(result.score)
         parts["flag"].append(result.is_outlier)
         parts["warmup"].append(result.is_warmup)
-        last_threshold[0] = float(result.threshold)
+        last_threshold[0] = float(result.threshold[-1])
 
     code = score_file(
         config, input_path, os.devnull, None, fmt, progress=progress, on_batch=collect,
