@@ -357,7 +357,7 @@ def _kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -
         if total <= 0:  # fewer distinct points than clusters
             centers[c] = X[rng.integers(n)]
             continue
-        candidates = rng.choice(n, size=2 + int(np.log(n_clusters)), p=closest / total)
+        candidates = rng.choice(n, size=min(n, 10 + int(np.log(n_clusters))), p=closest / total)
         dists = ((X[candidates, None, :] - X[None, :, :]) ** 2).sum(axis=2)
         potentials = np.minimum(closest, dists).sum(axis=1)
         best = candidates[np.argmin(potentials)]
