@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(error)
     configure(config.log.level, config.log.format)
     try:
-        daemon = Daemon(config)
+        daemon = Daemon.from_config(config)
     except (FatalError, MetricsServerError) as exc:
         logging.getLogger("streamgmm").error("%s", exc)
         return 2

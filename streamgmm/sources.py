@@ -1,15 +1,10 @@
 """Where events come from: a Kafka consumer group, or a JSONL file / standard input.
 
-Both sources speak the small :class:`Source` protocol the daemon uses:
-
-``poll(max_records, timeout_s) -> list[Record]``
-    Up to ``max_records`` records, waiting at most about ``timeout_s``.
-``commit(offsets)`` / ``seek(offsets)``
-    ``offsets`` maps :class:`TopicPartition` to the *next* offset to read
-    (last processed + 1), as Kafka does.
-``assignment()``, ``lag()``, ``connected()``, ``close()``
-``set_rebalance_callbacks(on_assign, on_revoke, on_lost=None)``
-    The daemon's hooks, called with sets of :class:`TopicPartition`.
+Both implement the :class:`Source` protocol, which declares everything the
+daemon's loop calls (a file answers as one partition, always assigned and
+connected, with nothing committed and no topic id). Offsets map
+:class:`TopicPartition` to the *next* offset to read (last processed + 1), as
+Kafka does.
 
 Rebalance callbacks run while :meth:`poll` is in progress (kafka-python runs
 them on its IO thread, with the caller blocked in ``poll``), so they never
@@ -116,31 +111,65 @@ PartitionsCallback = Callable[[set[TopicPartition]], None]
 
 @runtime_checkable
 class Source(Protocol):
-    """What the daemon needs from a source of records."""
+    """Everything the daemon's loop calls on a source of records.
 
-    def poll(self, max_records: int, timeout_s: float) -> list[Record]: ...
+    A source with no consumer group (a file) answers as one partition that is
+    always assigned and connected, with nothing committed and no topic id.
+    """
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most about ``timeout_s``."""
+        ...
 
-    def seek(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float = 30.0) -> None:
+        """Record ``offsets`` (the next offset to read) as processed, within ``timeout_s``."""
+        ...
 
-    def assignment(self) -> set[TopicPartition]: ...
+    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets of ``partitions`` (absent or None: none)."""
+        ...
 
-    def lag(self) -> dict[TopicPartition, int | None]: ...
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Read each partition from its offset next."""
+        ...
 
-    def connected(self) -> bool: ...
+    def seek_to_beginning(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read ``partitions`` from their first offset next."""
+        ...
+
+    def topic_id(self, topic: str) -> str | None:
+        """The cluster's id of ``topic``; None when unknown (or not a Kafka topic)."""
+        ...
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this source reads now."""
+        ...
+
+    def lag(self, timeout_s: float = 5.0) -> dict[TopicPartition, int | None]:
+        """Per assigned partition: records left to read (None: unknown)."""
+        ...
+
+    def connected(self) -> bool:
+        """Whether records can be read now (the brokers and the group answer)."""
+        ...
 
     def set_rebalance_callbacks(
         self,
         on_assign: PartitionsCallback | None,
         on_revoke: PartitionsCallback | None,
         on_lost: PartitionsCallback | None = None,
-    ) -> None: ...
+    ) -> None:
+        """The daemon's hooks, called inside :meth:`poll` with sets of partitions."""
+        ...
 
     @property
-    def exhausted(self) -> bool: ...
+    def exhausted(self) -> bool:
+        """True when no record will ever come again (the end of a file)."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the source (a consumer leaves its group; no commit)."""
+        ...
 
 
 # ---------------------------------------------------------------------------
@@ -751,7 +780,6 @@ class FileSource:
         self._buffer = b""
         self._eof = False
         self._skip_to = 0
-        self._committed: int | None = None
         self._on_assign: PartitionsCallback | None = None
         self._assigned_once = False
         self._fd = self._fileno()
@@ -822,15 +850,16 @@ class FileSource:
             line = line[:-1]
         records.append(Record(self.topic, 0, offset, None, None, line))
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Remember the committed offset (files keep no group state)."""
-        for tp, offset in offsets.items():
-            if TopicPartition(*tp) == self._tp:
-                self._committed = int(offset)
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float = 30.0) -> None:
+        """Nothing to do: a file keeps no group state (the checkpoint holds the offsets)."""
 
-    @property
-    def committed_offset(self) -> int | None:
-        return self._committed
+    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """Nothing: a file has no group."""
+        return {}
+
+    def topic_id(self, topic: str) -> str | None:
+        """None: a file is no Kafka topic."""
+        return None
 
     def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Skip forward to an offset (a restart from a checkpoint); backward only on files."""
@@ -849,10 +878,14 @@ class FileSource:
             else:
                 raise SourceError(f"cannot seek back to line {offset + 1} of a stream")
 
+    def seek_to_beginning(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read from the first line again (files only; a stream cannot go back)."""
+        self.seek(dict.fromkeys(partitions, 0))
+
     def assignment(self) -> set[TopicPartition]:
         return {self._tp}
 
-    def lag(self) -> dict[TopicPartition, int | None]:
+    def lag(self, timeout_s: float = 5.0) -> dict[TopicPartition, int | None]:
         """Unknown for files (the number of lines left is not known without reading)."""
         return {self._tp: 0 if self.exhausted else None}
 
