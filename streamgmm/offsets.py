@@ -58,11 +58,10 @@ class Offsets:
         """The offsets of a checkpoint's state (its ``offsets`` and ``topic_ids`` keys)."""
         positions = {
             TopicPartition(topic, int(partition)): int(offset)
-            for topic, partitions in (state.get("offsets") or {}).items()
+            for topic, partitions in state["offsets"].items()
             for partition, offset in partitions.items()
         }
-        topic_ids = {str(t): str(i) for t, i in (state.get("topic_ids") or {}).items()}
-        return cls(positions, topic_ids)
+        return cls(positions, {str(t): str(i) for t, i in state["topic_ids"].items()})
 
     def to_state(self) -> dict[str, Any]:
         """The ``offsets`` (topic -> partition as text -> offset) and ``topic_ids`` keys."""
