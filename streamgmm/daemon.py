@@ -1,14 +1,15 @@
-"""The loop: poll -> decode -> score -> publish -> learn -> checkpoint -> commit.
+"""The loop: poll -> decode -> score and learn -> publish -> checkpoint -> commit.
 
 One :class:`Daemon` owns the order of side effects, which is what makes the
 guarantees hold:
 
-- a batch is scored with the model as it was before it (prequential) and its
-  inliers are learnt, in one call (``Detector.process``); then its outliers
-  and dead letters are handed to the sink. Nothing is published before the
-  checkpoint that covers the batch, and the checkpoint waits for the sink:
-  a crash after learning re-reads the batch from the last checkpoint, whose
-  model has not learnt it, so the order inside the batch changes nothing;
+- a batch's undecodable events are handed to the sink as dead letters; the
+  rest are scored with the model as it was before the batch (prequential)
+  and its inliers learnt, in one call (``Detector.process``); then its
+  outliers are handed to the sink. Learning before publishing loses
+  nothing: the checkpoint that records the learning waits until the sink
+  has acknowledged every record, so a crash in between re-reads the batch
+  with a model that has not learnt it;
 - every ``checkpoint.interval_s`` (:meth:`Daemon.checkpoint`): the batches
   read are finished, the sink is flushed (every record sent so far
   acknowledged), the checkpoint (model, threshold, and the offsets they
