@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(error)
     configure(config.log.level, config.log.format)
     try:
-        daemon = Daemon(config)
+        daemon = Daemon.from_config(config)
     except (FatalError, MetricsServerError) as exc:
         logging.getLogger("streamgmm").error("%s", exc)
         return 2
@@ -70,8 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon.install_signal_handlers()
     # What exists now (modules, model, clients) lives as long as the process: out of
     # the collector's sight, the collections that kafka-python's many short-lived
-    # per-record objects trigger stay cheap (one-process daemon, A/B over three turns of
-    # benchmarks/end_to_end.py: median 100,800 against 87,100 events/s).
+    # per-record objects trigger stay cheap (figures: benchmarks/README.md, "Daemon
+    # settings chosen by measurement").
     gc.freeze()
     return daemon.run()
 

@@ -1,13 +1,18 @@
-"""The loop: poll -> decode -> score -> publish -> learn -> checkpoint -> commit.
+"""The loop: poll -> decode -> score and learn -> publish -> checkpoint -> commit.
 
 One :class:`Daemon` owns the order of side effects, which is what makes the
 guarantees hold:
 
-- a batch is scored with the model as it was before it (prequential), its
-  outliers and dead letters are handed to the sink, then the inliers are
-  learnt (all inside ``Detector.process``);
-- every ``checkpoint.interval_s``: the sink is flushed (every record sent so
-  far acknowledged), the checkpoint (model, threshold, and the offsets they
+- a batch's undecodable events are handed to the sink as dead letters; the
+  rest are scored with the model as it was before the batch (prequential)
+  and its inliers learnt, in one call (``Detector.process``); then its
+  outliers are handed to the sink. Learning before publishing loses
+  nothing: the checkpoint that records the learning waits until the sink
+  has acknowledged every record, so a crash in between re-reads the batch
+  with a model that has not learnt it;
+- every ``checkpoint.interval_s`` (:meth:`Daemon.checkpoint`): the batches
+  read are finished, the sink is flushed (every record sent so far
+  acknowledged), the checkpoint (model, threshold, and the offsets they
   reflect) is written atomically, and only then are those offsets
   committed. A crash anywhere re-reads from the last checkpoint: the model
   learns each event once, outliers are published at least once;
@@ -15,18 +20,22 @@ guarantees hold:
   offset or the group's committed one, whichever is further; on revocation
   a checkpoint is taken and the revoked offsets committed first; a topic
   whose cluster id changed (created again, or brokers restarted without
-  their data) is read from its beginning, its old offsets dropped;
-- SIGTERM/SIGINT: the batch in hand is finished, then flush, checkpoint,
-  commit, leave the group, exit 0 (under 50 s even when the brokers are
-  unreachable: nothing is waited for twice);
+  their data) is read from its beginning, its old offsets dropped (the
+  bookkeeping is :class:`streamgmm.offsets.Offsets`);
+- SIGTERM/SIGINT/SIGHUP: the batch in hand is finished, then flush,
+  checkpoint, commit, leave the group, exit 0 (under 50 s even when the
+  brokers are unreachable: nothing is waited for twice);
 - a broker that cannot be reached is retried with capped backoff while
-  /readyz says why; only configuration errors end the process;
+  /readyz says why (:class:`streamgmm.status.Status`); only configuration
+  errors end the process;
 - a large batch is decoded by a child process (``decoder``) while the next
   poll runs; it is processed before that poll's records, before any
   checkpoint and before a rebalance moves the offsets, so the order of side
   effects above is the same as if it had been decoded in the loop.
 
-The daemon computes no Gaussian: that is the detector's job.
+:meth:`Daemon.from_config` does the I/O of a start (the checkpoint read, the
+Kafka clients, the metrics HTTP server); the constructor does none. The
+daemon computes no Gaussian: that is the detector's job.
 """
 
 from __future__ import annotations
@@ -66,10 +75,12 @@ from .codec import (
 from .config import Config
 from .decoder import ANSWER_TIMEOUT_S, Decoder, Pending, default_workers
 from .detector import BatchResult, Detector
-from .metrics import Health, Metrics, start_metrics_server
+from .metrics import Health, Metrics, MetricsServer, start_metrics_server
 from .notify import Notifier
-from .sinks import SendHandle, sink_from_config
-from .sources import SourceError, TopicPartition, next_offsets, source_from_config
+from .offsets import Offsets
+from .sinks import SendHandle, Sink, sink_from_config
+from .sources import Source, SourceError, TopicPartition, next_offsets, source_from_config
+from .status import Status
 from .threshold import Threshold, make_threshold
 
 log = logging.getLogger("streamgmm.daemon")
@@ -79,7 +90,6 @@ MAX_BACKOFF_S = 10.0  # a backoff sleep still ticks (watchdog, liveness) every t
 FLUSH_TIMEOUT_S = 30.0
 COMMIT_TIMEOUT_S = 5.0  # a failed commit costs nothing: the next checkpoint commits again
 MAX_PENDING_RECORDS = 200_000
-STATUS_EVERY_S = 10.0
 POLL_TIMEOUT_S = 1.0  # shortened under a short WatchdogSec= (see Daemon._block_s)
 LAG_EVERY_S = 5.0
 SLOW_ITERATION_S = 0.25
@@ -136,29 +146,13 @@ def fingerprint(config: Config) -> dict[str, Any]:
 @dataclass
 class Restored:
     detector: Detector
-    offsets: dict[TopicPartition, int]
+    offsets: Offsets = field(default_factory=Offsets)
     rejected: str | None = None  # "corrupt" or "mismatch": the checkpoint gave way
-    topic_ids: dict[str, str] = field(default_factory=dict)
-
-
-def _offsets_to_state(offsets: dict[TopicPartition, int]) -> dict[str, dict[str, int]]:
-    state: dict[str, dict[str, int]] = {}
-    for (topic, partition), offset in offsets.items():
-        state.setdefault(topic, {})[str(partition)] = int(offset)
-    return state
-
-
-def _offsets_from_state(state: dict[str, dict[str, int]]) -> dict[TopicPartition, int]:
-    return {
-        TopicPartition(topic, int(partition)): int(offset)
-        for topic, partitions in state.items()
-        for partition, offset in partitions.items()
-    }
 
 
 def restore(config: Config) -> Restored:
     """The detector and offsets of the checkpoint, or fresh ones as the config allows."""
-    fresh = Restored(build_detector(config), {})
+    fresh = Restored(build_detector(config))
     path = config.checkpoint.path
     if path is None:
         return fresh
@@ -194,14 +188,13 @@ def restore(config: Config) -> Restored:
         if detector.n_features:
             configured.bind(detector.n_features)
         detector.threshold = configured
-    offsets = _offsets_from_state(state.get("offsets", {}))
+    offsets = Offsets.from_state(state)
     log.info(
         "resumed from checkpoint %s",
         path,
         extra={"fields": {"events_seen": detector.n_seen, "partitions": len(offsets)}},
     )
-    topic_ids = {str(t): str(i) for t, i in (state.get("topic_ids") or {}).items()}
-    return Restored(detector, offsets, topic_ids=topic_ids)
+    return Restored(detector, offsets)
 
 
 def _refuse_or_fresh(
@@ -229,21 +222,50 @@ def _refuse_or_fresh(
     return fresh
 
 
+def _max_block_s(notifier: Notifier) -> float | None:
+    """The longest anything the loop waits for may take (None: no systemd watchdog).
+
+    Under a systemd watchdog the notifier pings at most once per half of its
+    interval; nothing the loop waits for (a poll, a backoff sleep, a first
+    connection, a flush, a commit) may take longer than a quarter of the
+    interval, so no gap between pings exceeds 3/4 of it (WATCHDOG_USEC * 3/8),
+    which leaves room for the work of a batch.
+    """
+    interval = notifier.watchdog_interval()
+    return None if interval is None else interval / 4
+
+
 # ---------------------------------------------------------------------------
 # the daemon
+
+
+def _read_limits(config: Config) -> tuple[int, int]:
+    """Records per poll and the largest value, as the source's configuration sets them."""
+    if config.source.kind == "kafka":
+        return config.source.kafka.max_poll_records, config.source.kafka.max_message_bytes
+    return 2000, 1 << 20
 
 
 class Daemon:
     """The streamgmm service loop.
 
+    Build it with :meth:`from_config`, which reads the checkpoint and starts
+    the clients and the metrics server; the constructor takes them ready-made
+    and does no I/O.
+
     Parameters
     ----------
     config : Config
-    source, sink : optional
-        Built from the config unless given (the CLI's ``score`` passes its own).
+    detector : Detector
+        The model, fresh or restored.
+    source : Source
+    sink : Sink
+    offsets : Offsets, optional
+        Where the model is in each partition (restored with the detector).
     metrics, health : optional
-    serve_metrics : bool
-        Start the /metrics HTTP server of ``config.metrics``.
+    notifier : Notifier, optional
+    server : MetricsServer or None
+        The /metrics HTTP server, stopped with the daemon.
     on_batch : callable or None
         Called with ``(records, decoded, result)`` after each batch (the demo
         prints outliers from it).
@@ -253,43 +275,33 @@ class Daemon:
         self,
         config: Config,
         *,
-        source: Any = None,
-        sink: Any = None,
+        detector: Detector,
+        source: Source,
+        sink: Sink,
+        offsets: Offsets | None = None,
         metrics: Metrics | None = None,
         health: Health | None = None,
-        serve_metrics: bool = True,
+        notifier: Notifier | None = None,
+        server: MetricsServer | None = None,
         on_batch: Callable[..., None] | None = None,
     ) -> None:
         self.config = config
         self.fields = list(config.features.fields)
+        self.detector = detector
+        self.source = source
+        self.sink = sink
+        self.offsets = offsets if offsets is not None else Offsets()
         self.metrics = metrics or Metrics(version=__version__)
         self.health = health or Health()
-        self.notifier = Notifier()
-        # Under a systemd watchdog the notifier pings at most once per half of
-        # its interval; nothing the loop waits for (a poll, a backoff sleep, a
-        # first connection, a flush, a commit) may take longer than a quarter
-        # of the interval, so no gap between pings exceeds 3/4 of it (WATCHDOG_USEC
-        # * 3/8), which leaves room for the work of a batch.
-        interval = self.notifier.watchdog_interval()
-        self._block_s = None if interval is None else interval / 4
-        self._tick_s = min(POLL_TIMEOUT_S, self._block_s or POLL_TIMEOUT_S)
+        self.notifier = notifier or Notifier()
+        self.status = Status(self.health, self.notifier)
+        self.server = server
         self.on_batch = on_batch
-        restored = restore(config)
-        if restored.rejected is not None:
-            self.metrics.checkpoint_rejected.labels(reason=restored.rejected).set(1)
-        self.detector = restored.detector
-        self._offsets = dict(restored.offsets)
-        self._topic_ids = dict(restored.topic_ids)  # the topics the offsets were read in
-        self.source = (
-            source if source is not None else source_from_config(config, max_block_s=self._block_s)
-        )
-        self.sink = sink if sink is not None else sink_from_config(config, self.metrics)
-        self.source.set_rebalance_callbacks(self._on_assign, self._on_revoke, self._on_lost)
-        self.kafka = config.source.kind == "kafka"
-        self.max_poll_records = config.source.kafka.max_poll_records if self.kafka else 2000
-        self.max_bytes = config.source.kafka.max_message_bytes if self.kafka else 1 << 20
+        self._block_s = _max_block_s(self.notifier)
+        self._tick_s = min(POLL_TIMEOUT_S, self._block_s or POLL_TIMEOUT_S)
+        self.max_poll_records, self.max_bytes = _read_limits(config)
         in_child = config.features.decode_process
-        self.decoder = Decoder(
+        self.decoder = Decoder(  # its child process starts with the first large batch
             self.fields,
             config.features.key,
             self.max_bytes,
@@ -299,27 +311,65 @@ class Daemon:
         )
         # batches read and handed to the decoder, not yet processed (at most two)
         self._in_flight: deque[tuple[list, Pending]] = deque()
-        self.server = (
-            start_metrics_server(config.metrics, self.metrics, self.health)
-            if serve_metrics
-            else None
-        )
         self._stop = threading.Event()
         self._last_checkpoint = time.monotonic()
         self._dirty = False  # events processed since the last checkpoint
         self._backoff = 0.0
         self._reseeds_reported = self.detector.model.n_reseeds_
-        self._last_status = self._last_lag = 0.0
-        self._events_since_status = 0
-        self._status_due = False  # report now, not at the next STATUS_EVERY_S
-        self._outliers_recent: list[tuple[float, int]] = []
+        self._last_lag = 0.0
         self._warned_future = False  # events timestamped in the future: logged once
-        self._status_requested = False  # SIGUSR1: log a status line
         self._seen_warmup = self.detector.is_warmed_up
-        self.health.set("warmed_up", self.detector.is_warmed_up, "warming up")
-        self.health.set("assigned", not self.kafka, "no partitions assigned")
-        self.health.set("connected", not self.kafka, "not connected to the brokers yet")
+        self.source.set_rebalance_callbacks(self._on_assign, self._on_revoke, self._on_lost)
+        self.status.set("warmed_up", self.detector.is_warmed_up, "warming up")
+        self.status.set("assigned", bool(self.source.assignment()), "no partitions assigned")
+        self.status.set("connected", self.source.connected(), "not connected to the brokers yet")
         self._publish_model_metrics(None)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        source: Source | None = None,
+        sink: Sink | None = None,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+        serve_metrics: bool = True,
+        on_batch: Callable[..., None] | None = None,
+    ) -> Daemon:
+        """A daemon as ``config`` describes it: the I/O of a start, in this order.
+
+        1. The checkpoint is read (its directory created), or a fresh model
+           built as ``checkpoint.on_*`` allow (:class:`FatalError` otherwise).
+        2. The source and sink are built unless given (the CLI's ``score``
+           passes its own); a Kafka client connects on first use.
+        3. The /metrics HTTP server starts (with ``serve_metrics``).
+
+        Raises :class:`FatalError` or :class:`streamgmm.metrics.MetricsServerError`.
+        """
+        metrics = metrics or Metrics(version=__version__)
+        notifier = Notifier()
+        restored = restore(config)  # 1
+        if restored.rejected is not None:
+            metrics.checkpoint_rejected.labels(reason=restored.rejected).set(1)
+        if source is None:  # 2
+            source = source_from_config(config, max_block_s=_max_block_s(notifier))
+        if sink is None:
+            sink = sink_from_config(config, metrics)
+        health = health or Health()
+        server = start_metrics_server(config.metrics, metrics, health) if serve_metrics else None
+        return cls(
+            config,
+            detector=restored.detector,
+            source=source,
+            sink=sink,
+            offsets=restored.offsets,
+            metrics=metrics,
+            health=health,
+            notifier=notifier,
+            server=server,
+            on_batch=on_batch,
+        )
 
     # -- control ----------------------------------------------------------------
 
@@ -342,7 +392,7 @@ class Daemon:
             self.stop()
 
         def status(signum: int, frame: Any) -> None:
-            self._status_requested = True  # logged by the loop within a tick
+            self.status.requested = True  # logged by the loop within a tick
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
@@ -352,7 +402,8 @@ class Daemon:
     # -- the loop -----------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped (or a file source is exhausted); the exit code."""
+        """Run until stopped (or a file source is exhausted); the exit code (0, or 2 when
+        a condition no retry fixes ends the loop)."""
         self.notifier.ready()
         log.info(
             "streamgmm %s running",
@@ -367,30 +418,43 @@ class Daemon:
         )
         try:
             while not self._stop.is_set():
-                self._tick()
-                began = time.monotonic()
-                # a batch being decoded elsewhere: read on, but do not wait for more
-                records = self._poll(wait=not self._in_flight)
-                polled = time.monotonic()
-                if records:
-                    pending = self.decoder.submit(list(map(_value, records)))
-                    self._in_flight.append((records, pending))
-                    self._backoff = 0.0
-                self._finish_batches(keep_one=bool(records))
-                if not records and self.source.exhausted:
+                if not self._step():
                     break
-                processed = time.monotonic()
-                due = processed - self._last_checkpoint >= self.config.checkpoint.interval_s
-                if due and not self._stop.is_set():  # stopping: the shutdown checkpoint follows
-                    self.checkpoint("interval")
-                self._report()
-                self._note_slow(began, polled, processed, len(records))
         except FatalError as exc:
             log.error("%s", exc)
             self._close()
             return 2
-        clean = self._shutdown()
-        return 0 if clean else 1
+        self._shutdown()
+        return 0
+
+    def _step(self) -> bool:
+        """One turn of the loop; False when a file source is exhausted.
+
+        1. poll (not waiting while a batch is being decoded elsewhere);
+        2. hand the records to the decoder (here, or its child process);
+        3. process the batches decoded (score, learn, publish: :meth:`_process`),
+           leaving the newest to its child while it works;
+        4. checkpoint and commit, when ``checkpoint.interval_s`` is due;
+        5. report (lag, the status line).
+        """
+        self.status.tick()
+        began = time.monotonic()
+        records = self._poll(wait=not self._in_flight)  # 1
+        polled = time.monotonic()
+        if records:  # 2
+            pending = self.decoder.submit(list(map(_value, records)))
+            self._in_flight.append((records, pending))
+            self._backoff = 0.0
+        self._finish_batches(keep_one=bool(records))  # 3
+        if not records and self.source.exhausted:
+            return False
+        processed = time.monotonic()
+        due = processed - self._last_checkpoint >= self.config.checkpoint.interval_s
+        if due and not self._stop.is_set():  # 4 (stopping: the shutdown checkpoint follows)
+            self.checkpoint("interval")
+        self._report()  # 5
+        self._note_slow(began, polled, processed, len(records))
+        return True
 
     def _note_slow(self, began: float, polled: float, processed: float, n: int) -> None:
         """Say where the time went when one iteration holds events back noticeably."""
@@ -412,8 +476,7 @@ class Daemon:
         )
 
     def _tick(self) -> None:
-        self.health.tick()
-        self.notifier.watchdog()
+        self.status.tick()
 
     def _poll(self, wait: bool = True) -> list:
         if self._sink_backlogged():
@@ -424,14 +487,13 @@ class Daemon:
             raise FatalError(str(exc)) from exc
         except Exception as exc:  # broker unreachable, metadata errors: all transient
             self.metrics.broker_errors_total.labels(operation="poll").inc()
-            self.health.set("connected", False, f"{type(exc).__name__}: {exc}")
+            self.status.set("connected", False, f"{type(exc).__name__}: {exc}")
             self._sleep_backoff(f"cannot reach the brokers ({type(exc).__name__}: {exc})")
             return []
-        if self.kafka:
-            records = self._drop_replaced(records)
-            connected = bool(records) or self._check_connected()
-            if not connected:
-                self._sleep_backoff("no connection to the brokers")
+        records = self._drop_replaced(records)
+        connected = bool(records) or self._check_connected()
+        if not connected:
+            self._sleep_backoff("no connection to the brokers")
         return records
 
     def _drop_replaced(self, records: list) -> list:
@@ -449,11 +511,15 @@ class Daemon:
         self.source.seek_to_beginning(tp for tp in assigned if tp.topic in replaced)
         return [r for r in records if r.topic not in replaced]
 
+    def _replaced_topics(self, topics: set[str]) -> set[str]:
+        """The topics among ``topics`` created anew since their offsets were read."""
+        return self.offsets.replaced({topic: self.source.topic_id(topic) for topic in topics})
+
     def _check_connected(self) -> bool:
         """Refresh the readiness conditions the source knows about; whether it is connected."""
         connected = self.source.connected()
-        self.health.set("connected", connected, "no broker connection")
-        self.health.set("assigned", bool(self.source.assignment()), "no partitions assigned")
+        self.status.set("connected", connected, "no broker connection")
+        self.status.set("assigned", bool(self.source.assignment()), "no partitions assigned")
         return connected
 
     def _sleep_backoff(self, why: str) -> None:
@@ -463,7 +529,7 @@ class Daemon:
             why,
             self._backoff,
         )
-        self.notifier.status("broker unreachable, retrying")
+        self.status.retrying()
         deadline = time.monotonic() + self._backoff
         while not self._stop.is_set() and time.monotonic() < deadline:
             self._tick()
@@ -481,13 +547,12 @@ class Daemon:
             remaining = deadline - time.monotonic()
             if self.sink.flush(max(0.0, min(self._tick_s, remaining))):
                 return True
-            if self.kafka:
-                self._check_connected()
-            if remaining <= self._tick_s or not getattr(self.sink, "pending", 0):
+            self._check_connected()
+            if remaining <= self._tick_s or not self.sink.pending:
                 return False  # timed out, or nothing pending: a record failed for good
 
     def _sink_backlogged(self) -> bool:
-        pending = getattr(self.sink, "pending", 0)
+        pending = self.sink.pending
         if pending <= MAX_PENDING_RECORDS:
             return False
         log.warning(
@@ -509,19 +574,28 @@ class Daemon:
             self._process(*self._in_flight.popleft())
 
     def _process(self, records: list, pending: Pending) -> None:
+        """One batch, in the order the guarantees rest on.
+
+        1. decode (here, or the child's answer); undecodable events become dead letters;
+        2. score, flag and learn, in one call (``Detector.process``: each event is
+           scored by the model as it was before the batch); a batch the model
+           raises on becomes dead letters;
+        3. publish the outliers (and scores) to the sink;
+        4. move the offsets past the batch: the next checkpoint covers it.
+        """
         started = time.perf_counter()
-        decoded = pending.result()  # decoded here, or the child's answer
+        decoded = pending.result()  # 1
         self._send_dead_letters(records, decoded.errors)
         result = None
         if len(decoded.X):
             try:
-                result = self.detector.process(decoded.X)
+                result = self.detector.process(decoded.X)  # 2
             except Exception as exc:  # one batch must not stop the stream (a crash loop)
                 self._model_error(records, decoded, exc)
             else:
-                self._send_outliers(records, decoded, result)
+                self._send_outliers(records, decoded, result)  # 3
                 self._send_scores(records, decoded, result)
-        self._offsets.update(next_offsets(records))
+        self.offsets.advance(next_offsets(records))  # 4
         self._dirty = True
         self._count(records, decoded, result)
         self.metrics.batch_duration_seconds.observe(time.perf_counter() - started)
@@ -627,8 +701,8 @@ class Daemon:
                 self._count_future(int(future.sum()), float(-delays.min()))
                 delays = delays[~future]
             self.metrics.event_delay_seconds.observe(np.maximum(delays, 0.0))
-        self._events_since_status += len(records)
         if result is None:
+            self.status.count(len(records), 0)
             return
         warmup = int(result.is_warmup.sum())
         scored = len(result) - warmup
@@ -636,8 +710,7 @@ class Daemon:
         self.metrics.events_total.labels(status="warmup").inc(warmup)
         self.metrics.events_total.labels(status="scored").inc(scored)
         self.metrics.outliers_total.inc(outliers)
-        if outliers:
-            self._outliers_recent.append((now, outliers))
+        self.status.count(len(records), outliers)
         if scored:
             self.metrics.log_likelihood.observe(result.log_likelihood[~result.is_warmup])
         self._publish_model_metrics(result)
@@ -667,7 +740,7 @@ class Daemon:
             self._reseeds_reported = reseeds
             if not self._seen_warmup:
                 self._seen_warmup = True
-                self._status_due = True
+                self.status.soon()
                 log.info(
                     "warm-up done: scoring starts",
                     extra={
@@ -677,7 +750,7 @@ class Daemon:
                         }
                     },
                 )
-        self.health.set(
+        self.status.set(
             "warmed_up",
             detector.is_warmed_up,
             f"warming up ({detector.n_seen}/{detector.warmup} events)",
@@ -686,11 +759,17 @@ class Daemon:
     # -- checkpoints and offsets ------------------------------------------------------
 
     def checkpoint(self, reason: str) -> bool:
-        """Finish the batches read, flush, write the checkpoint, commit its offsets;
-        True when all of it happened."""
-        self._finish_batches()
+        """Make what was read durable, in the order the guarantees rest on; True when all of
+        it happened (else it is tried again at the next checkpoint, nothing is lost).
+
+        1. Finish the batches in hand (scored, learnt, their records sent).
+        2. Flush the sink: every record sent so far acknowledged.
+        3. Write the checkpoint (model, threshold, offsets) atomically.
+        4. Commit its offsets to the group.
+        """
+        self._finish_batches()  # 1
         self._last_checkpoint = time.monotonic()
-        if not self._flush(FLUSH_TIMEOUT_S):
+        if not self._flush(FLUSH_TIMEOUT_S):  # 2
             self._report_failures()
             log.warning(
                 "not every record was acknowledged within %.0f s: checkpoint and commit "
@@ -699,12 +778,17 @@ class Daemon:
             )
             return False
         self._report_failures()
+        if not self._write_checkpoint():  # 3
+            return False
+        return self._commit(reason)  # 4
+
+    def _write_checkpoint(self) -> bool:
+        """Write the checkpoint when something changed since the last (or it is missing)."""
         path = self.config.checkpoint.path
         if path is not None and (self._dirty or not os.path.exists(path)):
             state = {
                 "detector": self.detector.get_state(),
-                "offsets": _offsets_to_state(self._offsets),
-                "topic_ids": dict(self._topic_ids),
+                **self.offsets.to_state(),
                 "written_at": time.time(),
                 "version": __version__,
             }
@@ -722,26 +806,22 @@ class Daemon:
                 return False
             self.metrics.checkpoint_timestamp_seconds.set(time.time())
         self._dirty = False
-        return self._commit(reason)
+        return True
 
     def _commit(self, reason: str) -> bool:
-        offsets = {tp: o for tp, o in self._offsets.items() if tp in self.source.assignment()}
+        offsets = self.offsets.committable(self.source.assignment())
         if not offsets:
             return True
-        if self.kafka and not self.source.connected():
+        if not self.source.connected():
             # a commit would block until its timeout: the checkpoint holds the offsets
             log.info("not connected to the brokers: offsets not committed (%s)", reason)
             return False
+        # bounded: a stalled broker must not stall the loop or the watchdog
+        timeout = (
+            COMMIT_TIMEOUT_S if self._block_s is None else min(COMMIT_TIMEOUT_S, self._block_s)
+        )
         try:
-            if self.kafka:  # bounded: a stalled broker must not stall the loop or watchdog
-                timeout = (
-                    COMMIT_TIMEOUT_S
-                    if self._block_s is None
-                    else min(COMMIT_TIMEOUT_S, self._block_s)
-                )
-                self.source.commit(offsets, timeout_s=timeout)
-            else:
-                self.source.commit(offsets)
+            self.source.commit(offsets, timeout_s=timeout)
         except Exception as exc:  # a rebalance in progress, a broker away: retried next time
             self.metrics.broker_errors_total.labels(operation="commit").inc()
             log.warning(
@@ -765,14 +845,16 @@ class Daemon:
                 failure.value[:4096].decode("utf-8", "replace"),
             )
 
+    # -- rebalances (called by the source inside poll) ------------------------------------
+
     def _on_revoke(self, partitions: set[TopicPartition]) -> None:
+        """1. checkpoint and commit (the revoked partitions included); 2. forget them."""
         log.info(
             "partitions revoked: checkpointing and committing them first",
             extra={"fields": {"partitions": sorted(map(tuple, partitions))}},
         )
         self.checkpoint("revoke")
-        for tp in partitions:
-            self._offsets.pop(tp, None)
+        self.offsets.forget(partitions)
 
     def _on_lost(self, partitions: set[TopicPartition]) -> None:
         self._finish_batches()  # their offsets are the positions kept
@@ -787,24 +869,23 @@ class Daemon:
         )
 
     def _on_assign(self, partitions: set[TopicPartition]) -> None:
-        self._finish_batches()  # the offsets sought below must include every batch read
-        targets = {}
+        """1. finish the batches read; 2. drop the offsets of topics created anew; 3. seek
+        each partition to the larger of our offset and the group's (replaced topics: to
+        their beginning)."""
+        self._finish_batches()  # 1: the offsets sought below must include every batch read
         committed: dict[TopicPartition, int | None] = {}
         try:
-            if hasattr(self.source, "committed"):  # a file has no group
-                committed = self.source.committed(partitions)
+            committed = self.source.committed(partitions)
         except Exception as exc:
             log.warning(
                 "cannot read the group's committed offsets (%s): using the checkpoint's", exc
             )
-        replaced = self._replaced_topics({tp.topic for tp in partitions})
-        for tp in partitions:
-            if tp.topic in replaced:
-                continue  # neither our offsets nor the group's belong to this topic
-            candidates = [o for o in (self._offsets.get(tp), committed.get(tp)) if o is not None]
-            if candidates:
-                targets[tp] = max(candidates)
-        if targets:
+        replaced = self._replaced_topics({tp.topic for tp in partitions})  # 2
+        # neither our offsets nor the group's belong to a replaced topic
+        targets = self.offsets.resume_at(
+            [tp for tp in partitions if tp.topic not in replaced], committed
+        )
+        if targets:  # 3
             self.source.seek(targets)
         if replaced:
             self.source.seek_to_beginning(tp for tp in partitions if tp.topic in replaced)
@@ -818,52 +899,15 @@ class Daemon:
                 }
             },
         )
-        self.health.set("assigned", bool(partitions), "no partitions assigned")
-
-    def _replaced_topics(self, topics: set[str]) -> set[str]:
-        """Topics whose cluster id changed since their offsets were read; forget those offsets.
-
-        A topic deleted and created again, or brokers restarted without their
-        storage, give a new, shorter log under the same name: the offsets of
-        the old one would skip its first events (or point past its end), so
-        they are dropped and the topic is read from its beginning.
-        """
-        topic_id = getattr(self.source, "topic_id", None)
-        if topic_id is None:  # a file
-            return set()
-        replaced = set()
-        for topic in topics:
-            current = topic_id(topic)
-            if current is None:
-                continue
-            known = self._topic_ids.get(topic)
-            if known is not None and known != current:
-                replaced.add(topic)
-                stale = {tp: o for tp, o in self._offsets.items() if tp.topic == topic}
-                for tp in stale:
-                    del self._offsets[tp]
-                log.error(
-                    "topic %s was deleted and created again, or its brokers lost their data "
-                    "(topic id %s, now %s): the offsets read so far belong to the old topic; "
-                    "reading the new one from its beginning",
-                    topic,
-                    known,
-                    current,
-                    extra={
-                        "fields": {"old_offsets": {str(tp.partition): o for tp, o in stale.items()}}
-                    },
-                )
-            self._topic_ids[topic] = current
-        return replaced
+        self.status.set("assigned", bool(partitions), "no partitions assigned")
 
     # -- reporting ----------------------------------------------------------------
 
     def _report(self) -> None:
         now = time.monotonic()
-        if self._status_requested:
-            self._status_requested = False
-            self._log_status()
-        if self.kafka and now - self._last_lag >= LAG_EVERY_S:
+        if self.status.requested:
+            self.status.log_line(self.detector, self.offsets.positions, now - self._last_checkpoint)
+        if now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
             try:
                 if self._block_s is None:
@@ -872,48 +916,13 @@ class Daemon:
                     self.metrics.set_lag(self.source.lag(self._block_s))
             except Exception as exc:
                 log.debug("lag unavailable: %s", exc)
-        if self._status_due or now - self._last_status >= STATUS_EVERY_S:
-            self._status_due = False
-            elapsed = now - self._last_status if self._last_status else STATUS_EVERY_S
-            self._last_status = now
-            wall = time.time()
-            self._outliers_recent = [(t, n) for t, n in self._outliers_recent if wall - t < 60]
-            recent = sum(n for _, n in self._outliers_recent)
-            rate = self._events_since_status / elapsed
-            self._events_since_status = 0
-            _, readiness = self.health.readiness()
-            if self.kafka and not readiness["conditions"]["connected"]:
-                text = "broker unreachable, retrying"
-            elif not self.detector.is_warmed_up:
-                text = f"warming up {self.detector.n_seen}/{self.detector.warmup}"
-            else:
-                text = f"{rate:.0f} events/s, {recent} outliers in the last minute"
-            self.notifier.status(text)
-
-    def _log_status(self) -> None:
-        """The status line SIGUSR1 asks for: what the loop has done and where it is."""
-        _, readiness = self.health.readiness()
-        age = time.monotonic() - self._last_checkpoint
-        log.info(
-            "status (SIGUSR1)",
-            extra={
-                "fields": {
-                    "events_seen": self.detector.n_seen,
-                    "outliers": self.detector.n_outliers,
-                    "warmed_up": self.detector.is_warmed_up,
-                    "ready": readiness["ready"],
-                    "failing": readiness["failing"],
-                    "seconds_since_checkpoint": round(age, 1),
-                    "offsets": {
-                        f"{tp.topic}:{tp.partition}": o for tp, o in sorted(self._offsets.items())
-                    },
-                }
-            },
-        )
+        self.status.report(self.detector)
 
     # -- shutdown -----------------------------------------------------------------
 
-    def _shutdown(self) -> bool:
+    def _shutdown(self) -> None:
+        """1. tell the service manager; 2. checkpoint (the batch in hand finished, flush,
+        write, commit); 3. close the source (leave the group), the sink, the decoder."""
         self.notifier.stopping()
         clean = self.checkpoint("shutdown")  # waits up to FLUSH_TIMEOUT_S for the sink
         if not clean:
@@ -933,7 +942,6 @@ class Daemon:
                 }
             },
         )
-        return True
 
     def _close(self, sink_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         closers = (self.source.close, lambda: self.sink.close(sink_timeout_s), self.decoder.close)

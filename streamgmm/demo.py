@@ -167,10 +167,12 @@ def run_demo(
         config = demo_config(broker.bootstrap, os.path.join(state, "model.npz"), metrics_port)
         caught = {"outliers": 0, "injected": 0, "named": 0}
         try:
-            daemon = Daemon(config, on_batch=_printer(list(config.features.fields), caught))
+            daemon = Daemon.from_config(
+                config, on_batch=_printer(list(config.features.fields), caught)
+            )
         except MetricsServerError:
             config = demo_config(broker.bootstrap, os.path.join(state, "model.npz"), 0)
-            daemon = Daemon(
+            daemon = Daemon.from_config(
                 config, serve_metrics=False, on_batch=_printer(list(config.features.fields), caught)
             )
             print(f"(port {metrics_port} is busy: metrics disabled; use --metrics-port)")

@@ -104,8 +104,9 @@ OUTLIER_DELAY_BUCKETS = (
     10.0, 30.0, 60.0, 300.0,
 )  # fmt: skip
 
-#: Values of ``broker_errors_total{operation}``, created at zero so rates exist.
-BROKER_OPERATIONS = ("connect", "poll", "commit", "send", "flush", "lag")
+#: Values of ``broker_errors_total{operation}``, created at zero so rates exist: a poll
+#: that failed, a commit that failed, a record that can never be delivered.
+BROKER_OPERATIONS = ("poll", "commit", "send")
 
 #: Values of ``checkpoint_rejected{reason}``: why a checkpoint gave way to a fresh model.
 CHECKPOINT_REJECTIONS = ("corrupt", "mismatch")
@@ -313,7 +314,8 @@ class Metrics:
             "(their unacknowledged records are resent).", registry=r,
         )  # fmt: skip
         self.broker_errors_total = Counter(
-            p + "broker_errors", "Errors talking to the Kafka brokers, by operation.",
+            p + "broker_errors", "Errors talking to the Kafka brokers, by operation: poll, "
+            "commit, send (a record that can never be delivered).",
             ["operation"], registry=r,
         )  # fmt: skip
         self.ready = Gauge(

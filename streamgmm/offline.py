@@ -160,7 +160,7 @@ def score_file(
         for hook in hooks:
             hook(records, decoded, result)
 
-    daemon = Daemon(
+    daemon = Daemon.from_config(
         config, source=source, sink=sink, serve_metrics=False,
         on_batch=each_batch if hooks else None,
     )  # fmt: skip

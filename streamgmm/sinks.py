@@ -154,18 +154,33 @@ class FailedSend(NamedTuple):
 
 @runtime_checkable
 class Sink(Protocol):
-    """What the daemon needs from a destination of records."""
+    """Everything the daemon's loop calls on a destination of records."""
 
     @property
-    def roles(self) -> frozenset[str]: ...
+    def roles(self) -> frozenset[str]:
+        """The roles records can be sent for (``outliers``, ``dead_letter``, ``scores``)."""
+        ...
 
-    def send(self, role: str, key: bytes | None, value: bytes) -> SendHandle: ...
+    @property
+    def pending(self) -> int:
+        """Records sent and not yet acknowledged (0 for a sink that writes at once)."""
+        ...
 
-    def flush(self, timeout_s: float) -> bool: ...
+    def send(self, role: str, key: bytes | None, value: bytes) -> SendHandle:
+        """Queue one record for ``role``; returns at once."""
+        ...
 
-    def take_failures(self) -> list[FailedSend]: ...
+    def flush(self, timeout_s: float) -> bool:
+        """True when every record sent so far is acknowledged, within ``timeout_s``."""
+        ...
 
-    def close(self, timeout_s: float = 10.0) -> None: ...
+    def take_failures(self) -> list[FailedSend]:
+        """The records that can never be delivered, since the last call."""
+        ...
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what can be within ``timeout_s``, then release the sink."""
+        ...
 
 
 def _check_roles(destinations: Mapping[str, Any]) -> dict[str, Any]:
@@ -638,6 +653,11 @@ class FileSink:
     @property
     def roles(self) -> frozenset[str]:
         return frozenset(self._files)
+
+    @property
+    def pending(self) -> int:
+        """Always 0: a line is written (or has failed) when :meth:`send` returns."""
+        return 0
 
     def send(self, role: str, key: bytes | None, value: bytes) -> SendHandle:
         """Write one line; the handle fails if the write does (disk full, closed pipe)."""

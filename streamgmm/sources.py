@@ -1,15 +1,10 @@
 """Where events come from: a Kafka consumer group, or a JSONL file / standard input.
 
-Both sources speak the small :class:`Source` protocol the daemon uses:
-
-``poll(max_records, timeout_s) -> list[Record]``
-    Up to ``max_records`` records, waiting at most about ``timeout_s``.
-``commit(offsets)`` / ``seek(offsets)``
-    ``offsets`` maps :class:`TopicPartition` to the *next* offset to read
-    (last processed + 1), as Kafka does.
-``assignment()``, ``lag()``, ``connected()``, ``close()``
-``set_rebalance_callbacks(on_assign, on_revoke, on_lost=None)``
-    The daemon's hooks, called with sets of :class:`TopicPartition`.
+Both implement the :class:`Source` protocol, which declares everything the
+daemon's loop calls (a file answers as one partition, always assigned and
+connected, with nothing committed and no topic id). Offsets map
+:class:`TopicPartition` to the *next* offset to read (last processed + 1), as
+Kafka does.
 
 Rebalance callbacks run while :meth:`poll` is in progress (kafka-python runs
 them on its IO thread, with the caller blocked in ``poll``), so they never
@@ -45,6 +40,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, BinaryIO, NamedTuple, Protocol, runtime_checkable
 
+from . import kafka_internals
+
 __all__ = [
     "CommitError",
     "FileSource",
@@ -71,9 +68,9 @@ class Record(NamedTuple):
 
     ``timestamp`` is in milliseconds since the epoch (None if unknown, -1 if
     the producer set none). The Kafka source returns kafka-python's own
-    ``ConsumerRecord`` objects, which have these fields under these names:
-    copying every message into a Record of ours cost a tenth of the daemon's
-    time per event.
+    ``ConsumerRecord`` objects, which have these fields under these names (not
+    copied, for speed: see benchmarks/README.md, "Daemon settings chosen by
+    measurement").
     """
 
     topic: str
@@ -116,31 +113,65 @@ PartitionsCallback = Callable[[set[TopicPartition]], None]
 
 @runtime_checkable
 class Source(Protocol):
-    """What the daemon needs from a source of records."""
+    """Everything the daemon's loop calls on a source of records.
 
-    def poll(self, max_records: int, timeout_s: float) -> list[Record]: ...
+    A source with no consumer group (a file) answers as one partition that is
+    always assigned and connected, with nothing committed and no topic id.
+    """
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most about ``timeout_s``."""
+        ...
 
-    def seek(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float = 30.0) -> None:
+        """Record ``offsets`` (the next offset to read) as processed, within ``timeout_s``."""
+        ...
 
-    def assignment(self) -> set[TopicPartition]: ...
+    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets of ``partitions`` (absent or None: none)."""
+        ...
 
-    def lag(self) -> dict[TopicPartition, int | None]: ...
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Read each partition from its offset next."""
+        ...
 
-    def connected(self) -> bool: ...
+    def seek_to_beginning(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read ``partitions`` from their first offset next."""
+        ...
+
+    def topic_id(self, topic: str) -> str | None:
+        """The cluster's id of ``topic``; None when unknown (or not a Kafka topic)."""
+        ...
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this source reads now."""
+        ...
+
+    def lag(self, timeout_s: float = 5.0) -> dict[TopicPartition, int | None]:
+        """Per assigned partition: records left to read (None: unknown)."""
+        ...
+
+    def connected(self) -> bool:
+        """Whether records can be read now (the brokers and the group answer)."""
+        ...
 
     def set_rebalance_callbacks(
         self,
         on_assign: PartitionsCallback | None,
         on_revoke: PartitionsCallback | None,
         on_lost: PartitionsCallback | None = None,
-    ) -> None: ...
+    ) -> None:
+        """The daemon's hooks, called inside :meth:`poll` with sets of partitions."""
+        ...
 
     @property
-    def exhausted(self) -> bool: ...
+    def exhausted(self) -> bool:
+        """True when no record will ever come again (the end of a file)."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the source (a consumer leaves its group; no commit)."""
+        ...
 
 
 # ---------------------------------------------------------------------------
@@ -214,10 +245,9 @@ class KafkaSource:
                     int(options["bootstrap_timeout_ms"]), max(1, int(max_block_s * 1000))
                 )
         # Tansu holds a fetch for the whole fetch_max_wait_ms even when data arrives
-        # meanwhile: kafka-python's default 500 ms gave a 300 ms p99 poll at 5,000
-        # events/s, 50 ms a 127 ms p99 event-to-outlier delay, 20 ms 77 ms. An idle
-        # consumer pays 50 small requests a second for it; set it in
-        # source.kafka.client for a broker that answers fetches as data arrive.
+        # meanwhile, which delays outliers (figures: benchmarks/README.md, "Daemon
+        # settings chosen by measurement"); set it in source.kafka.client for a
+        # broker that answers fetches as data arrive.
         options.setdefault("fetch_max_wait_ms", 20)
         options.update(
             bootstrap_servers=list(bootstrap_servers),
@@ -321,8 +351,7 @@ class KafkaSource:
         (:meth:`_fetch_only_as_member`): paused here, before the rest of this
         poll fetches them at positions that may belong to a replaced topic.
         """
-        heartbeat = getattr(getattr(self._consumer, "_coordinator", None), "heartbeat", None)
-        self._joined_at = getattr(heartbeat, "last_reset", None)
+        self._joined_at = kafka_internals.heartbeat_reset_at(self._consumer)
         if self._unsure_since is not None and assigned:
             with contextlib.suppress(Exception):
                 self._consumer.pause(*assigned)
@@ -364,8 +393,7 @@ class KafkaSource:
         return commits
 
     async def _prefetch_committed(self, partitions) -> dict[TopicPartition, int | None] | None:
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        fetch = getattr(coordinator, "fetch_committed_offsets_async", None)
+        fetch = kafka_internals.committed_offsets_fetcher(self._consumer)
         if fetch is None or not partitions or self._on_assign is None:
             return None
         try:
@@ -525,14 +553,7 @@ class KafkaSource:
         by brokers that lost their storage, has a new id: offsets read in the
         old one mean nothing in it. Brokers before Kafka 2.8 give no ids.
         """
-        cluster = getattr(getattr(self._consumer, "_client", None), "cluster", None)
-        try:
-            value = cluster.topic_id(topic)
-        except Exception:  # no consumer yet, or a kafka-python without topic ids
-            return None
-        if value is None or not getattr(value, "int", 1):  # the all-zero UUID: no id
-            return None
-        return str(value)
+        return kafka_internals.topic_id(self._consumer, topic)
 
     def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets (``None``: nothing committed)."""
@@ -603,16 +624,7 @@ class KafkaSource:
             return False
         if not self._group_alive():
             return False
-        client = getattr(self._consumer, "_client", None)
-        try:
-            brokers = client.cluster.brokers()
-            ids = [getattr(b, "node_id", getattr(b, "nodeId", None)) for b in brokers]
-            return any(client.connected(i) for i in ids if i is not None)
-        except Exception:  # another kafka-python layout: fall back to the public probe
-            try:
-                return bool(self._consumer.bootstrap_connected())
-            except Exception:
-                return False
+        return kafka_internals.broker_connected(self._consumer)
 
     def _group_alive(self) -> bool:
         """False when this member cannot be sure it is still in the group.
@@ -629,18 +641,7 @@ class KafkaSource:
         """
         if not self.assignment():
             return True  # joining: the "assigned" readiness condition says so
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        heartbeat = getattr(coordinator, "heartbeat", None)
-        try:
-            if coordinator.coordinator_id is None or heartbeat.session_timeout_expired():
-                return False
-            # since the heartbeat clock was last reset (a coordinator found, a join):
-            # a heartbeat was answered, or that reset was our own join
-            return heartbeat.last_receive >= heartbeat.last_reset or (
-                heartbeat.last_reset == self._joined_at
-            )
-        except Exception:  # another kafka-python layout
-            return True
+        return kafka_internals.group_alive(self._consumer, self._joined_at)
 
     def _fetch_only_as_member(self, consumer) -> None:
         """Pause fetching while membership is unsure (see :meth:`_group_alive`), and after
@@ -666,13 +667,11 @@ class KafkaSource:
                 consumer.pause(*everything)
             return
         if self._unsure_since is not None:
-            cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
-            refreshed = getattr(cluster, "_last_successful_refresh_ms", None)
+            refreshed = kafka_internals.metadata_refreshed_ms(consumer)
             if refreshed is not None and refreshed <= self._unsure_since:
                 if not self._refresh_requested:  # the topic ids must be the current ones
                     self._refresh_requested = True
-                    with contextlib.suppress(Exception):
-                        cluster.request_update()
+                    kafka_internals.request_metadata_update(consumer)
                 if len(paused) < len(assigned):
                     consumer.pause(*everything)
                 return
@@ -751,7 +750,6 @@ class FileSource:
         self._buffer = b""
         self._eof = False
         self._skip_to = 0
-        self._committed: int | None = None
         self._on_assign: PartitionsCallback | None = None
         self._assigned_once = False
         self._fd = self._fileno()
@@ -822,15 +820,16 @@ class FileSource:
             line = line[:-1]
         records.append(Record(self.topic, 0, offset, None, None, line))
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Remember the committed offset (files keep no group state)."""
-        for tp, offset in offsets.items():
-            if TopicPartition(*tp) == self._tp:
-                self._committed = int(offset)
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float = 30.0) -> None:
+        """Nothing to do: a file keeps no group state (the checkpoint holds the offsets)."""
 
-    @property
-    def committed_offset(self) -> int | None:
-        return self._committed
+    def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """Nothing: a file has no group."""
+        return {}
+
+    def topic_id(self, topic: str) -> str | None:
+        """None: a file is no Kafka topic."""
+        return None
 
     def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Skip forward to an offset (a restart from a checkpoint); backward only on files."""
@@ -849,10 +848,14 @@ class FileSource:
             else:
                 raise SourceError(f"cannot seek back to line {offset + 1} of a stream")
 
+    def seek_to_beginning(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read from the first line again (files only; a stream cannot go back)."""
+        self.seek(dict.fromkeys(partitions, 0))
+
     def assignment(self) -> set[TopicPartition]:
         return {self._tp}
 
-    def lag(self) -> dict[TopicPartition, int | None]:
+    def lag(self, timeout_s: float = 5.0) -> dict[TopicPartition, int | None]:
         """Unknown for files (the number of lines left is not known without reading)."""
         return {self._tp: 0 if self.exhausted else None}
 

@@ -252,6 +252,7 @@ def write_checkpoint(config_path: Path) -> Path:
     state = {
         "detector": detector.get_state(),
         "offsets": {"events": {"0": 300, "1": 300}},
+        "topic_ids": {},
         "written_at": time.time(),
         "version": "test",
     }

@@ -159,7 +159,7 @@ def test_restart_of_a_warmed_up_chi2_detector_keeps_its_threshold(tmp_path, capl
     assert detector.threshold.n_features == 2
     save_state(
         path,
-        {"detector": detector.get_state(), "offsets": {}},
+        {"detector": detector.get_state(), "offsets": {}, "topic_ids": {}},
         kind=CHECKPOINT_KIND,
         fingerprint=fingerprint(config),
     )

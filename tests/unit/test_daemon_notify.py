@@ -54,7 +54,7 @@ def file_daemon(tmp_path) -> Daemon:
         },
         env={},
     )
-    return Daemon(
+    return Daemon.from_config(
         config,
         source=FileSource(str(events)),
         sink=FileSink(os.devnull, os.devnull),

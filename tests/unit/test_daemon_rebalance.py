@@ -70,7 +70,7 @@ class ScriptedSource:
     def assignment(self):
         return set(self.assigned)
 
-    def lag(self):
+    def lag(self, timeout_s=5.0):
         return {}
 
     def connected(self):
@@ -114,7 +114,7 @@ def daemon_with(source, decode_process: bool = False) -> Daemon:
     )
     outliers, dead_letters = io.BytesIO(), io.BytesIO()
     sink = FileSink(stdout=outliers, stderr=dead_letters)
-    daemon = Daemon(config, source=source, sink=sink, serve_metrics=False)
+    daemon = Daemon.from_config(config, source=source, sink=sink, serve_metrics=False)
     daemon.written = {"outliers": outliers, "dead_letter": dead_letters}
     source.daemon = daemon
     return daemon
