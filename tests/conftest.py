@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.daemon_process import kill_leftovers
+from tests.support.processes import kill_leftovers
 
 
 def pytest_configure(config):

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 
 import numpy as np
 import pytest
 
 from streamgmm.codec import DEAD_LETTER_FIELDS, OUTLIER_FIELDS
-
-from .daemon_process import DaemonProcess, anomaly, encode, normal_events, write_config
+from tests.support.events import anomaly, encode, normal_events
+from tests.support.processes import DaemonProcess, write_config
+from tests.support.promtool import check_metrics, promtool
 
 pytestmark = pytest.mark.integration
 
@@ -162,16 +161,12 @@ def test_sigkill_loses_no_injected_anomaly(tmp_path, broker, topics, unique, pro
 
 
 def test_live_scrape_passes_promtool(tmp_path, broker, topics, unique, produce):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus; `make test` installs it)")
+    promtool()  # skips here, before the daemon starts, when it is not installed
     produce_stream(produce, topics["events"], normal_events(np.random.default_rng(3), 600))
     daemon = start(tmp_path, broker, topics, unique("g"))
     daemon.wait_until(lambda: daemon.scored() >= 600, what="events scored")
     text = daemon.metrics_text()
-    check = subprocess.run(
-        [promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
-    )
+    check = check_metrics(text)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
     for name in (
         "streamgmm_consumer_lag",

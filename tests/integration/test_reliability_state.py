@@ -31,17 +31,18 @@ import pytest
 from streamgmm.checkpoint import CheckpointError, read_fingerprint, save_state
 from streamgmm.config import load_config
 from streamgmm.daemon import CHECKPOINT_KIND, build_detector, fingerprint
-
-from ..figures import record
-from .daemon_process import FIELDS, DaemonProcess, normal_events, write_config
-from .faults import (
+from tests.support.events import FIELDS, normal_events
+from tests.support.faults import (
     checkpoint_offsets,
     committed_offsets,
     ends_of,
     produce_events,
     read_checkpoint,
-    wait_for,
 )
+from tests.support.processes import DaemonProcess, write_config
+from tests.support.waits import wait_for
+
+from ..figures import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
