@@ -14,6 +14,7 @@ from streamgmm.codec import DEAD_LETTER_FIELDS, OUTLIER_FIELDS
 from tests.support.events import anomaly, encode, normal_events
 from tests.support.processes import DaemonProcess, write_config
 from tests.support.promtool import check_metrics, promtool
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -150,13 +151,13 @@ def test_sigkill_loses_no_injected_anomaly(tmp_path, broker, topics, unique, pro
         assert daemon.kill() == -9
         daemon = start(tmp_path, broker, topics, group, f"run{round_ + 1}.log")
     daemon.wait_until(lambda: daemon.get("/readyz")[0] == 200, deadline_s=40, what="ready")
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        found = set(injected_ids(outlier_records(read_all, topics["outliers"], deadline_s=2)))
-        if found >= set(ids):
-            break
-        time.sleep(1)
-    assert set(ids) <= found, f"lost anomalies: {sorted(set(ids) - found)}"
+    found: set = set()
+
+    def all_found() -> bool:
+        found.update(injected_ids(outlier_records(read_all, topics["outliers"], deadline_s=2)))
+        return found >= set(ids)
+
+    wait_for(all_found, 40, f"the injected anomalies {sorted(ids)} among the outliers", daemon, 1)
     assert daemon.terminate() == 0
 
 
