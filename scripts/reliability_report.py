@@ -435,7 +435,8 @@ def render(figures: dict[str, list[dict]]) -> str:
         "## Broker restarted\n\n" + restart_section(figures),
         "## Bad input (tests/unit/test_bad_input_codec.py, "
         "tests/integration/test_reliability_bad_input.py)\n\n" + bad_input_section(figures),
-        "## Checkpoint faults (tests/integration/test_reliability_state.py)\n\n"
+        "## Checkpoint faults (tests/integration/test_reliability_state.py, "
+        "tests/unit/test_daemon_restore.py)\n\n"
         "Write faults under a running daemon; damaged, foreign and unreadable checkpoints "
         "refuse the start (exit 2, naming checkpoint.path and the way out) or, with "
         "`fresh`, start a new model loudly and keep the file aside.\n\n" + state_section(figures),

@@ -1,23 +1,17 @@
 """Shared by every test directory.
 
 - No daemon process outlives the test that started it.
-- The ``reliability`` marker: the fault-injection tests whose figures feed
-  docs/reliability.md. They run in ``make test`` (not slow) and again, with
-  the slow ones, in ``make soak`` (``-m "slow or reliability"``).
+- The ``reliability`` marker (declared in pyproject.toml with the others): the
+  fault-injection tests whose figures feed docs/reliability.md. They run in
+  ``make test`` (not slow) and again, with the slow ones, in ``make soak``
+  (``-m "slow or reliability"``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.integration.daemon_process import kill_leftovers
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "reliability: fault injection whose figures feed docs/reliability.md (make soak)",
-    )
+from tests.support.processes import kill_leftovers
 
 
 @pytest.fixture(autouse=True)

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from streamgmm.embedded import EmbeddedBroker
-
-from .daemon_process import encode, events_with_anomalies, start_broker, write_config
-from .faults import read_records
+from tests.support.brokers import start_broker
+from tests.support.events import encode, events_with_anomalies
+from tests.support.faults import read_records
+from tests.support.processes import write_config
 
 
 @pytest.fixture(scope="session")

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 
 import numpy as np
 import pytest
 
 from streamgmm.codec import DEAD_LETTER_FIELDS, OUTLIER_FIELDS
-
-from .daemon_process import DaemonProcess, anomaly, encode, normal_events, write_config
+from tests.support.events import anomaly, encode, normal_events
+from tests.support.processes import DaemonProcess, write_config
+from tests.support.promtool import check_metrics, promtool
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -151,27 +151,23 @@ def test_sigkill_loses_no_injected_anomaly(tmp_path, broker, topics, unique, pro
         assert daemon.kill() == -9
         daemon = start(tmp_path, broker, topics, group, f"run{round_ + 1}.log")
     daemon.wait_until(lambda: daemon.get("/readyz")[0] == 200, deadline_s=40, what="ready")
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        found = set(injected_ids(outlier_records(read_all, topics["outliers"], deadline_s=2)))
-        if found >= set(ids):
-            break
-        time.sleep(1)
-    assert set(ids) <= found, f"lost anomalies: {sorted(set(ids) - found)}"
+    found: set = set()
+
+    def all_found() -> bool:
+        found.update(injected_ids(outlier_records(read_all, topics["outliers"], deadline_s=2)))
+        return found >= set(ids)
+
+    wait_for(all_found, 40, f"the injected anomalies {sorted(ids)} among the outliers", daemon, 1)
     assert daemon.terminate() == 0
 
 
 def test_live_scrape_passes_promtool(tmp_path, broker, topics, unique, produce):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus; `make test` installs it)")
+    promtool()  # skips here, before the daemon starts, when it is not installed
     produce_stream(produce, topics["events"], normal_events(np.random.default_rng(3), 600))
     daemon = start(tmp_path, broker, topics, unique("g"))
     daemon.wait_until(lambda: daemon.scored() >= 600, what="events scored")
     text = daemon.metrics_text()
-    check = subprocess.run(
-        [promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
-    )
+    check = check_metrics(text)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
     for name in (
         "streamgmm_consumer_lag",

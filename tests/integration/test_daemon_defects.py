@@ -20,8 +20,10 @@ import signal
 import numpy as np
 import pytest
 
-from .daemon_process import DaemonProcess, anomaly, encode, normal_events, write_config
-from .faults import committed_offsets, read_checkpoint, wait_for
+from tests.support.events import anomaly, encode, normal_events
+from tests.support.faults import committed_offsets, read_checkpoint
+from tests.support.processes import DaemonProcess, write_config
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ops import dashboard as dash
-
-from .daemon_process import DaemonProcess
+from tests.support.processes import DaemonProcess
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from .daemon_process import DaemonProcess, anomaly, normal_events, write_config
+from tests.support.events import anomaly, normal_events
+from tests.support.processes import DaemonProcess, write_config
 
 pytestmark = pytest.mark.integration
 confluent_kafka = pytest.importorskip("confluent_kafka", reason="confluent-kafka not installed")

@@ -8,6 +8,7 @@ import pytest
 
 from streamgmm.metrics import Metrics
 from streamgmm.sinks import KafkaSink, Sink
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -88,10 +89,7 @@ def test_dead_producer_is_rebuilt_and_every_record_is_delivered(broker, topics, 
         try:
             during = [sink.send("outliers", None, b'{"n": %d}' % i) for i in range(5, 10)]
             assert sink.flush(1.0) is False  # nothing can be acknowledged now
-            deadline = time.monotonic() + 15
-            while sink.rebuilds == 0 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert sink.rebuilds >= 1, "the expired producer was not replaced"
+            wait_for(lambda: sink.rebuilds >= 1, 15, "the expired producer to be replaced")
             later = [sink.send("outliers", None, b'{"n": %d}' % i) for i in range(10, 15)]
         finally:
             broker.resume()

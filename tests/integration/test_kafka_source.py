@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
 from streamgmm.sources import KafkaSource, Record, Source, SourceError, TopicPartition
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -212,9 +212,7 @@ def test_commit_skips_partitions_not_assigned(broker, topic, unique):
 
 
 def test_unreachable_broker_is_not_an_exception():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens here once closed
+    port = free_port()  # nothing listens here
     source = KafkaSource(
         [f"127.0.0.1:{port}"],
         "events",

@@ -24,7 +24,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,8 +33,9 @@ import pytest
 import yaml
 
 from tests.ops import dashboard as dash
-
-from .daemon_process import DaemonProcess, free_port
+from tests.support.ports import free_port
+from tests.support.processes import DaemonProcess
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -106,20 +106,10 @@ class PrometheusServer:
             return json.load(exc)
 
     def wait_until(self, predicate, deadline_s: float, what: str):
-        deadline = time.monotonic() + deadline_s
-        last = None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                raise AssertionError(f"prometheus exited ({code}):\n{self.log()}")
-            try:
-                last = predicate()
-                if last:
-                    return last
-            except (OSError, ValueError, KeyError) as exc:  # not listening yet
-                last = exc
-            time.sleep(0.25)
-        raise AssertionError(f"timed out after {deadline_s} s waiting for {what} (last: {last!r})")
+        # not listening yet, or an answer without the data yet
+        return wait_for(
+            predicate, deadline_s, what, self, every_s=0.25, ignore=(OSError, ValueError, KeyError)
+        )
 
     def ready(self) -> bool:
         url = f"http://127.0.0.1:{self.port}/-/ready"
@@ -138,7 +128,7 @@ class PrometheusServer:
         assert answer["status"] == "success", (expr, answer)
         return answer["data"]["result"]
 
-    def log(self) -> str:
+    def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:

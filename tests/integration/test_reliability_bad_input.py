@@ -22,17 +22,18 @@ import numpy as np
 import pytest
 
 from streamgmm.codec import MAX_DEPTH, decode_batch
-
-from ..bad_inputs import MALFORMED, ODD_BUT_VALID, event, nested
-from ..figures import record
-from .daemon_process import DaemonProcess, anomaly, normal_events, write_config
-from .faults import (
+from tests.support.events import anomaly, normal_events
+from tests.support.faults import (
     ends_of,
     model_statistics,
     produce_events,
     read_json,
     wait_checkpoint_at,
 )
+from tests.support.processes import DaemonProcess, write_config
+
+from ..bad_inputs import MALFORMED, ODD_BUT_VALID, event, nested
+from ..figures import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

@@ -19,23 +19,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..figures import record
-from .daemon_process import (
-    DaemonProcess,
-    anomaly,
-    free_port,
-    normal_events,
-    start_broker,
-    write_config,
-)
-from .faults import (
+from tests.support.brokers import start_broker
+from tests.support.events import anomaly, normal_events
+from tests.support.faults import (
     ends_of,
     produce_events,
     read_checkpoint,
     read_json,
     wait_checkpoint_at,
-    wait_for,
 )
+from tests.support.ports import free_port
+from tests.support.processes import DaemonProcess, write_config
+from tests.support.waits import wait_for
+
+from ..figures import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..figures import record
-from .daemon_process import DaemonProcess, normal_events, write_config
-from .faults import (
+from tests.support.events import normal_events
+from tests.support.faults import (
     PAUSING_LAUNCHER,
     NumberedStream,
     Sent,
@@ -41,8 +40,11 @@ from .faults import (
     temp_files,
     valid_before,
     wait_checkpoint_at,
-    wait_for,
 )
+from tests.support.processes import DaemonProcess, write_config
+from tests.support.waits import wait_for
+
+from ..figures import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

@@ -10,9 +10,9 @@ has it, and in every case by replacing the directory with a regular file;
 "disk full" is a small tmpfs filled up (skipped where mounting is not
 allowed).
 
-Start-up faults need no broker: the process refuses to start (exit code 2)
-before it connects, or, with ``fresh``, starts a new model and keeps the
-rejected file aside.
+Start-up faults (a damaged or foreign checkpoint) are tested in-process in
+tests/unit/test_daemon_restore.py; here one run of the process checks the exit
+code (2) of a refused start.
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamgmm.checkpoint import CheckpointError, read_fingerprint, save_state
 from streamgmm.config import load_config
-from streamgmm.daemon import CHECKPOINT_KIND, build_detector, fingerprint
-
-from ..figures import record
-from .daemon_process import FIELDS, DaemonProcess, normal_events, write_config
-from .faults import (
+from tests.support.checkpoints import truncate, write_checkpoint
+from tests.support.events import normal_events
+from tests.support.faults import (
     checkpoint_offsets,
     committed_offsets,
     ends_of,
     produce_events,
     read_checkpoint,
-    wait_for,
 )
+from tests.support.processes import DaemonProcess, write_config
+from tests.support.waits import wait_for
+
+from ..figures import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -235,38 +235,13 @@ def test_checkpoint_write_faults_are_counted_explained_and_cleared(tmp_path, bro
 
 
 # ---------------------------------------------------------------------------
-# damaged or foreign checkpoints at start
+# a damaged checkpoint at start: the exit code
 
 
 def config_file(tmp_path: Path, broker, unique, **overrides) -> tuple[Path, int]:
     topics = {"events": unique("events"), "outliers": unique("outliers"), "dead": unique("dead")}
     overrides.setdefault("model__n_components", 2)
     return write_config(tmp_path, broker.bootstrap, topics, unique("g"), **overrides)
-
-
-def write_checkpoint(config_path: Path) -> Path:
-    """A checkpoint as the daemon writes it (its own functions), for a warmed-up model."""
-    config = load_config(config_path)
-    detector = build_detector(config)
-    detector.process(np.random.default_rng(0).normal(size=(600, len(FIELDS))))
-    state = {
-        "detector": detector.get_state(),
-        "offsets": {"events": {"0": 300, "1": 300}},
-        "topic_ids": {},
-        "written_at": time.time(),
-        "version": "test",
-    }
-    path = Path(config.checkpoint.path)
-    save_state(path, state, kind=CHECKPOINT_KIND, fingerprint=fingerprint(config))
-    return path
-
-
-def fingerprint_of(path: Path) -> dict:
-    """The fingerprint of the checkpoint at ``path``; {} while it is absent or unreadable."""
-    try:
-        return read_fingerprint(path)
-    except (OSError, CheckpointError):
-        return {}
 
 
 def run_once(config_path: Path, timeout_s: float = 30.0) -> subprocess.CompletedProcess:
@@ -279,134 +254,17 @@ def run_once(config_path: Path, timeout_s: float = 30.0) -> subprocess.Completed
     )
 
 
-def truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def flip_a_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 3] ^= 0x40
-    path.write_bytes(bytes(data))
-
-
-def tamper_an_array(path: Path) -> None:
-    """Change a number inside the archive, keeping it a valid zip (only the checksum knows)."""
-    import io
-    import zipfile
-
-    source = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as target:
-        for info in source.infolist():
-            data = source.read(info)
-            if "means" in info.filename:
-                data = data[:-8] + np.float64(42.0).tobytes()
-            target.writestr(info, data)
-    path.write_bytes(out.getvalue())
-
-
-DAMAGE = {
-    "truncated": truncate,
-    "a byte flipped": flip_a_byte,
-    "an array changed, checksum kept": tamper_an_array,
-    "empty": lambda path: path.write_bytes(b""),
-    "not a checkpoint": lambda path: path.write_text("model: gmm\n"),
-}
-
-
-@pytest.mark.parametrize("damage", list(DAMAGE))
-def test_damaged_checkpoint_refuses_the_start_and_names_the_keys(tmp_path, broker, unique, damage):
+def test_refused_checkpoint_exits_2_naming_the_key_and_leaves_the_file(tmp_path, broker, unique):
+    """What a service manager sees of a refused start: exit code 2 (a configuration to
+    fix, not a crash) and the key on standard error. Every way restore() refuses or gives
+    way is tested in-process in tests/unit/test_daemon_restore.py."""
     config, _ = config_file(tmp_path, broker, unique)
-    path = write_checkpoint(config)
-    DAMAGE[damage](path)
+    path = write_checkpoint(load_config(config))
+    truncate(path)
     before = path.read_bytes()
     done = run_once(config)
     output = done.stdout + done.stderr
     assert done.returncode == 2, output
     assert "checkpoint.path" in output and str(path) in output, output
     assert "checkpoint.on_corrupt: fresh" in output, output  # the way out
-    assert "pickle" not in output, output  # numpy's hint to load a stranger's file unsafely
     assert path.read_bytes() == before, "a refused checkpoint must be left as it was"
-
-
-def test_damaged_checkpoint_with_on_corrupt_fresh_starts_a_new_model_loudly(
-    tmp_path, broker, unique
-):
-    config, port = config_file(tmp_path, broker, unique, checkpoint__on_corrupt="fresh")
-    path = write_checkpoint(config)
-    truncate(path)
-    damaged = path.read_bytes()
-    daemon = DaemonProcess(config, port, tmp_path / "daemon.log")
-    wait_for(lambda: daemon.get("/healthz")[0] == 200, 20, "the daemon to start", daemon)
-    wait_for(lambda: fingerprint_of(path).get("n_components") == 2, 20, "a new checkpoint", daemon)
-    assert daemon.metric("streamgmm_checkpoint_rejected", 'reason="corrupt"') == 1
-    assert daemon.metric("streamgmm_checkpoint_rejected", 'reason="mismatch"') == 0
-    assert daemon.terminate() == 0, daemon.log_tail()
-    loud = [r for r in daemon.log_records() if "STARTING A FRESH MODEL" in r.get("message", "")]
-    assert loud and loud[0]["level"] == "error", daemon.log_tail()
-    kept = [p for p in path.parent.iterdir() if p.name.startswith("model.npz.rejected-")]
-    assert len(kept) == 1 and kept[0].read_bytes() == damaged, "the bad file is kept aside"
-    assert str(kept[0]) in loud[0]["message"]
-    assert read_checkpoint(path)["detector"]["n_seen"] == 0  # fresh, nothing read yet
-
-
-MISMATCH = {
-    "fields": ({"features__fields": ["a", "b"]},
-               "fields: file ['a', 'b', 'c'] vs config ['a', 'b']"),
-    "n_components": ({"model__n_components": 3}, "n_components: file 2 vs config 3"),
-    "covariance_type": ({"model__covariance_type": "full"},
-                        "covariance_type: file 'diag' vs config 'full'"),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("change", list(MISMATCH))
-def test_incompatible_configuration_refuses_the_start_naming_the_difference(
-    tmp_path, broker, unique, change
-):
-    config, _ = config_file(tmp_path, broker, unique)
-    path = write_checkpoint(config)
-    overrides, difference = MISMATCH[change]
-    config, _ = config_file(tmp_path, broker, unique, **overrides)
-    done = run_once(config)
-    output = done.stdout + done.stderr
-    assert done.returncode == 2, output
-    assert difference in output, output
-    assert "checkpoint.on_mismatch" in output and str(path) in output, output
-
-
-def test_incompatible_configuration_with_on_mismatch_fresh_starts_over(tmp_path, broker, unique):
-    config, _ = config_file(tmp_path, broker, unique)
-    path = write_checkpoint(config)
-    old = path.read_bytes()
-    config, port = config_file(
-        tmp_path, broker, unique, model__n_components=3, checkpoint__on_mismatch="fresh"
-    )
-    daemon = DaemonProcess(config, port, tmp_path / "daemon.log")
-    wait_for(lambda: daemon.get("/healthz")[0] == 200, 20, "the daemon to start", daemon)
-    wait_for(lambda: fingerprint_of(path).get("n_components") == 3, 20, "a new checkpoint", daemon)
-    assert daemon.metric("streamgmm_checkpoint_rejected", 'reason="mismatch"') == 1
-    assert daemon.terminate() == 0, daemon.log_tail()
-    loud = [r for r in daemon.log_records() if "STARTING A FRESH MODEL" in r.get("message", "")]
-    assert loud and "n_components: file 2 vs config 3" in loud[0]["message"]
-    (kept,) = [p for p in path.parent.iterdir() if ".rejected-" in p.name]
-    assert kept.read_bytes() == old
-    assert read_checkpoint(path)["detector"]["n_seen"] == 0
-
-
-def test_unreadable_checkpoint_is_refused_even_with_on_corrupt_fresh(tmp_path, broker, unique):
-    """A checkpoint that cannot be read (here: its directory is a regular file) is not a
-    damaged one: the start is refused, whatever on_corrupt says, and nothing is moved."""
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("")
-    path = blocker / "model.npz"
-    config, _ = config_file(
-        tmp_path, broker, unique, checkpoint__path=str(path), checkpoint__on_corrupt="fresh"
-    )
-    done = run_once(config)
-    output = done.stdout + done.stderr
-    assert done.returncode == 2, output
-    # found before any read: the directory the checkpoint is to be written in is a file
-    assert f"checkpoint.path: cannot use {blocker} as a directory: it is a file" in output, output
-    assert "FRESH" not in output, output
-    assert blocker.is_file()

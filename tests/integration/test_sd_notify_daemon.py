@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .daemon_process import DaemonProcess, anomaly, encode, free_port, normal_events, write_config
+from tests.support.events import anomaly, encode, normal_events
+from tests.support.ports import free_port
+from tests.support.processes import DaemonProcess, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -28,10 +28,10 @@ import streamgmm
 from streamgmm.config import load_config, parse_config
 from streamgmm.sinks import KafkaSink
 from streamgmm.sources import KafkaSource
+from tests.support.processes import DaemonProcess, write_config
+from tests.support.waits import wait_for
 
 from ..figures import record
-from .daemon_process import DaemonProcess, write_config
-from .faults import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from tests.ops import sandbox
-
-from .daemon_process import DaemonProcess
+from tests.support.processes import DaemonProcess
+from tests.support.sandboxes import run_workload, systemd_analyze
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +111,14 @@ def test_daemon_scores_and_stops_cleanly_under_the_units_seccomp_filters(
     assert any("decoding large batches" in r["message"] for r in daemon.log_records())
     text = daemon.log_path.read_text(errors="replace")
     assert "Operation not permitted" not in text and "Bad system call" not in text, text[-3000:]
+
+
+def test_runtime_stack_works_under_the_units_seccomp_filters(broker):
+    """numpy/scipy/OpenBLAS, river, kafka-python, prometheus-client, sd_notify and
+    checkpoints, run under SystemCallFilter=, MemoryDenyWriteExecute= and
+    RestrictAddressFamilies= exactly as the unit sets them, against the test broker."""
+    systemd_analyze()
+    result = run_workload(UNIT, broker.bootstrap)
+    report = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0 and "ALL OK" in result.stdout, report
+    assert "ok kafka produce/consume" in result.stdout

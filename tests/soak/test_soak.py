@@ -25,10 +25,13 @@ import numpy as np
 import pytest
 
 from streamgmm.detector import Detector
+from tests.support.brokers import start_broker
+from tests.support.events import anomaly
+from tests.support.faults import checkpoint_offsets, read_checkpoint, rss_kib
+from tests.support.processes import DaemonProcess, write_config
+from tests.support.waits import wait_for
 
 from ..figures import record
-from ..integration.daemon_process import DaemonProcess, anomaly, start_broker, write_config
-from ..integration.faults import checkpoint_offsets, read_checkpoint, rss_kib, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -242,7 +245,7 @@ def test_daemon_soak_one_million_events(tmp_path):
         state = read_checkpoint(checkpoint)
         assert state["detector"]["n_seen"] == total, "every event learnt once"
 
-        from ..integration.faults import read_json
+        from tests.support.faults import read_json
 
         outliers = read_json(broker, topics["outliers"], 60, expected=int(outliers_counted))
         injected = {e for e in range(20_000, total, anomaly_every)}

@@ -1,6 +1,6 @@
 """Defects a first user met in the daemon's loop, held fixed in-process (no broker).
 
-The scripted source of test_daemon_rebalance.py stands in for Kafka's
+The scripted source of tests/support/scripted.py stands in for Kafka's
 consumer; the integration tests (tests/integration/test_daemon_defects.py)
 show the same on the real process and broker.
 """
@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 import pytest
-from test_daemon_rebalance import TP, ScriptedSource, daemon_with  # tests/unit is on sys.path
 
 from streamgmm.codec import MODEL_ERROR
 from streamgmm.daemon import FUTURE_TOLERANCE_S
 from streamgmm.detector import Detector
 from streamgmm.sources import Record
+from tests.support.scripted import TP, ScriptedSource, daemon_with
 
 
 def stamped(start: int, stop: int, timestamp_ms: int) -> list[Record]:

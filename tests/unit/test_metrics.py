@@ -5,9 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import shutil
 import socket
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,6 +27,7 @@ from streamgmm.metrics import (
     reference_markdown,
     start_metrics_server,
 )
+from tests.support.promtool import check_metrics
 
 #: DESIGN.md section 3 "Metrics", plus the documented additions.
 CONTRACT = {
@@ -141,16 +140,10 @@ def test_openmetrics_scrape_has_no_log_likelihood_sum(served):
     assert "streamgmm_event_delay_seconds_sum" in text
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None,
-    reason="promtool not installed (Debian package prometheus; `make system-tools` installs it)",
-)
 def test_scraped_text_passes_promtool_check_metrics(served):
     server, *_ = served
     _, _, body = get(server.url + "/metrics")
-    result = subprocess.run(
-        ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30
-    )
+    result = check_metrics(body)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.strip() == b"" and result.stderr.strip() == b"", result
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 import yaml
 
 from tests.ops import dashboard as dash
+from tests.support.promtool import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "config" / "prometheus" / "alerts.yml"
@@ -28,16 +28,6 @@ EXPECTED = [
     "StreamgmmProducerRebuilds",
     "StreamgmmOutliersLate",
 ]
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip(
-            "promtool is missing and could not be installed "
-            "(`make system-tools` installs Debian's prometheus package when run as root)"
-        )
-    return path
 
 
 def test_promtool_check_rules_with_all_lints():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import yaml
 
 from tests.ops import dashboard as dash
 from tests.ops import sandbox
+from tests.support.sandboxes import systemd_analyze
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "operations.md").read_text()
@@ -59,9 +59,7 @@ def test_start_limit_in_the_guide():
 
 
 def test_exposure_score_in_the_guide_is_the_measured_one(tmp_path):
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze is missing (Debian package: systemd)")
+    tool = systemd_analyze()
     out = subprocess.run(
         [tool, "security", "--offline=true", "--no-pager", str(UNIT)],
         capture_output=True,

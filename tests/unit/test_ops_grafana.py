@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from tests.ops import dashboard as dash
+from tests.support.promtool import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "tests" / "ops"
@@ -21,16 +21,6 @@ DASHBOARD = json.loads(dash.DASHBOARD.read_text())
 PANELS = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
 EXPRESSIONS = dash.dashboard_expressions()
 DS_REF = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip(
-            "promtool is missing and could not be installed "
-            "(`make system-tools` installs Debian's prometheus package when run as root)"
-        )
-    return path
 
 
 # ---------------------------------------------------------------------------

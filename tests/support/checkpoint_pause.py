@@ -1,6 +1,6 @@
 """Test-only launcher: ``streamgmm`` with a pause on each side of the checkpoint's rename.
 
-``python tests/integration/checkpoint_pause.py run -c FILE`` runs exactly
+``python tests/support/checkpoint_pause.py run -c FILE`` runs exactly
 ``streamgmm run -c FILE``, except that the rename in
 ``streamgmm.checkpoint.save_state`` (the instant a new checkpoint replaces
 the old one) is wrapped:

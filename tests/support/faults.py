@@ -16,7 +16,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,42 +23,13 @@ import numpy as np
 
 from streamgmm.checkpoint import load_state
 
-from .daemon_process import FIELDS, DaemonProcess, anomaly, normal_events
+from .events import FIELDS, anomaly, normal_events
+from .waits import wait_for
 
 CHECKPOINT_KIND = "streamgmm-daemon"
 HERE = Path(__file__).resolve().parent
 #: ``streamgmm`` with a pause on each side of the checkpoint's rename (see checkpoint_pause.py)
 PAUSING_LAUNCHER = [sys.executable, str(HERE / "checkpoint_pause.py")]
-
-
-def wait_for(
-    predicate: Callable[[], object],
-    deadline_s: float,
-    what: str,
-    daemon: DaemonProcess | None = None,
-    every_s: float = 0.1,
-) -> object:
-    """Poll ``predicate`` until it is truthy; fail naming ``what`` (and the daemon's log).
-
-    A predicate that raises OSError (a daemon not listening yet) counts as false.
-    """
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            value = predicate()
-        except OSError:
-            value = None
-        if value:
-            return value
-        if daemon is not None and daemon.process.poll() is not None:
-            raise AssertionError(
-                f"the daemon exited ({daemon.process.returncode}) while waiting for {what}:\n"
-                + daemon.log_tail()
-            )
-        if time.monotonic() > deadline:
-            tail = f"\nlast daemon log lines:\n{daemon.log_tail()}" if daemon is not None else ""
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}{tail}")
-        time.sleep(every_s)
 
 
 def read_checkpoint(path: Path) -> dict | None:

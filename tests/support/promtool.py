@@ -1,0 +1,29 @@
+"""Prometheus's ``promtool``: its path, or the test is skipped saying how to install it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+MISSING = (
+    "promtool is missing and could not be installed "
+    "(`make system-tools` installs Debian's prometheus package when run as root)"
+)
+
+
+def promtool() -> str:
+    """The path of ``promtool``; skips the calling test when it is not installed."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip(MISSING)
+    return path
+
+
+def check_metrics(text: str | bytes) -> subprocess.CompletedProcess:
+    """``promtool check metrics`` over an exposition text (skips without promtool)."""
+    data = text.encode() if isinstance(text, str) else text
+    return subprocess.run(
+        [promtool(), "check", "metrics"], input=data, capture_output=True, timeout=30
+    )

@@ -1,0 +1,42 @@
+"""The systemd unit's sandbox, emulated by tests/ops/sandbox.py: run a workload under it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ops import sandbox
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKLOAD = ROOT / "tests" / "ops" / "runtime_workload.py"
+
+
+def systemd_analyze() -> str:
+    """The path of ``systemd-analyze``; skips the calling test when it is not installed."""
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.skip(
+            "systemd-analyze is missing and could not be installed "
+            "(`make system-tools` installs Debian's systemd package when run as root)"
+        )
+    return path
+
+
+def run_workload(unit: Path, *args: str) -> subprocess.CompletedProcess:
+    """tests/ops/runtime_workload.py under ``unit``'s seccomp filters (skips without them).
+
+    ``args``: a broker's bootstrap address to also produce and consume through Kafka.
+    """
+    reason = sandbox.available()
+    if reason:
+        pytest.skip(f"cannot emulate the unit's seccomp filters: {reason}")
+    argv = sandbox.sandboxed([sys.executable, str(WORKLOAD), *args], unit=unit)
+    env = {"STREAMGMM_SANDBOX_EXPECT": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    if result.returncode == sandbox.EX_NO_SECCOMP:
+        pytest.skip(result.stderr.strip())
+    return result
