@@ -134,8 +134,8 @@ class FeaturesConfig:
         Bool(),
         None,
         "Decode large batches of JSON in a child process while the loop reads the next "
-        "(uses a second CPU; about 1.2x the events/s). null: when the process may use "
-        "two CPUs or more.",
+        "(it uses a second CPU; the gain is measured in README.md). null: when the "
+        "process may use two CPUs or more.",
         nullable=True,
     )
 
