@@ -13,20 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamgmm.codec import (
+from streamgmm.events import REASONS, decode_batch
+from streamgmm.records import (
     DEAD_LETTER_FIELDS,
     OUTLIER_FIELDS,
-    REASONS,
     SCORE_FIELDS,
-    decode_batch,
     encode_dead_letter,
     encode_outlier,
     encode_score_record,
     encode_score_records,
 )
-
-# every test runs with each fast-path JSON parser (tests/unit/conftest.py)
-pytestmark = pytest.mark.usefixtures("codec_backend")
 
 
 def one(value, fields=("x",), key_field=None, max_bytes=1 << 20):
