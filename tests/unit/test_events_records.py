@@ -328,17 +328,20 @@ def test_outlier_embeds_an_event_that_stdlib_parsed_with_a_huge_integer():
     assert rec["event"]["x"] == 10**30
 
 
+def dead_letter(reason: str, payload: bytes | None, **over) -> dict:
+    args = {"topic": "t", "partition": 0, "offset": 0, "timestamp_ms": None, "error": "e"}
+    return json.loads(encode_dead_letter(**{**args, **over}, reason=reason, payload=payload))
+
+
 def test_dead_letter_keeps_utf8_payload_as_text():
-    rec = json.loads(
-        encode_dead_letter(
-            topic="events",
-            partition=1,
-            offset=7,
-            timestamp_ms=5,
-            error="field 'x' is null",
-            reason="missing_field",
-            payload='{"x": null, "name": "café"}'.encode(),
-        )
+    rec = dead_letter(
+        "missing_field",
+        '{"x": null, "name": "café"}'.encode(),
+        topic="events",
+        partition=1,
+        offset=7,
+        timestamp_ms=5,
+        error="field 'x' is null",
     )
     assert tuple(rec) == DEAD_LETTER_FIELDS
     assert rec["payload"] == '{"x": null, "name": "café"}'
@@ -350,47 +353,16 @@ def test_dead_letter_keeps_utf8_payload_as_text():
 
 def test_dead_letter_base64_for_binary_and_null_for_tombstones():
     binary = bytes(range(256))
-    rec = json.loads(
-        encode_dead_letter(
-            topic="t",
-            partition=0,
-            offset=0,
-            timestamp_ms=None,
-            error="e",
-            reason="not_utf8",
-            payload=binary,
-        )
-    )
+    rec = dead_letter("not_utf8", binary)
     assert rec["payload_encoding"] == "base64"
     assert base64.b64decode(rec["payload"]) == binary
-    rec = json.loads(
-        encode_dead_letter(
-            topic="t",
-            partition=0,
-            offset=0,
-            timestamp_ms=None,
-            error="e",
-            reason="empty",
-            payload=None,
-        )
-    )
+    rec = dead_letter("empty", None)
     assert rec["payload"] is None and rec["payload_encoding"] is None
 
 
 def test_dead_letter_truncates_huge_payloads_on_a_character_boundary():
     payload = ("é" * 100).encode()  # 200 bytes, 2 per character
-    rec = json.loads(
-        encode_dead_letter(
-            topic="t",
-            partition=0,
-            offset=0,
-            timestamp_ms=None,
-            error="e",
-            reason="oversize",
-            payload=payload,
-            max_payload_bytes=11,
-        )
-    )
+    rec = dead_letter("oversize", payload, max_payload_bytes=11)
     assert rec["payload"] == "é" * 5
     assert rec["payload_truncated"] is True and rec["payload_bytes"] == 200
 
@@ -400,17 +372,7 @@ def test_dead_letter_for_every_decode_error_round_trips():
     batch = decode_batch(values, ["x"], None, 32)
     assert {e.reason for e in batch.errors} == set(REASONS)
     for e in batch.errors:
-        rec = json.loads(
-            encode_dead_letter(
-                topic="t",
-                partition=0,
-                offset=e.index,
-                timestamp_ms=None,
-                error=e.error,
-                reason=e.reason,
-                payload=values[e.index],
-            )
-        )
+        rec = dead_letter(e.reason, values[e.index], offset=e.index, error=e.error)
         assert rec["offset"] == e.index and rec["reason"] == e.reason
 
 
