@@ -32,13 +32,13 @@ rejected, not converted: a producer sending strings is usually sending
 something else too (units, ``"n/a"``), and silently parsing some of them
 would hide that. Booleans are not numbers either.
 
-One path: every value is parsed by :func:`parse_event` (orjson, and the
-standard library's parser for what orjson refuses, which also says why) and
-its fields read by one getter; the whole batch goes through those steps at
-once, and only when a step fails on the batch is it taken event by event,
-so that a bad event costs its own explanation and not its neighbours' speed.
-The decoding process (:mod:`streamgmm.decode_worker`) runs this same
-function, and the loop parses the events it embeds with :func:`parse_event`.
+One path: every value goes through the same steps (orjson parses it, one
+getter reads its fields, they must be JSON numbers), the whole batch at once
+or, when a step fails on the batch, event by event; an event they cannot
+read is parsed by :func:`parse_event` and read field by field, which says
+what is wrong or finds the row through the fallbacks above. The decoding
+process (:mod:`streamgmm.decode_worker`) runs this same function, and the
+loop parses the events it embeds with :func:`parse_event`.
 
 Examples
 --------
@@ -64,7 +64,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress
-from operator import itemgetter
+from operator import itemgetter, not_
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -366,14 +366,19 @@ def parse_event(raw: Any, max_bytes: int = 1 << 20) -> Any:
     return obj
 
 
-def _field_getter(names: list[str], paths: list[tuple[str, ...]]) -> Callable[[dict], Any]:
+def _field_getter(paths: Sequence[tuple[str, ...]]) -> Callable[[dict], Any]:
     """obj -> the values at ``paths`` (length d), by plain lookups: raises where the
     path needs a fallback (an array index, a key spelled with dots) or is missing."""
     if all(len(parts) == 1 for parts in paths):
+        names = [parts[0] for parts in paths]
         if len(names) > 1:
             return itemgetter(*names)
         (name,) = names
         return lambda obj: (obj[name],)
+    first = paths[0][0]
+    if all(len(parts) > 1 and parts[0] == first for parts in paths):  # m.cpu, m.mem, ...
+        inner = _field_getter([parts[1:] for parts in paths])
+        return lambda obj: inner(obj[first])
 
     def nested(obj: dict) -> list:
         row = []
@@ -387,20 +392,27 @@ def _field_getter(names: list[str], paths: list[tuple[str, ...]]) -> Callable[[d
     return nested
 
 
-def _read_one(raw: Any, pick: Callable[[dict], Any], max_bytes: int) -> tuple[Any, dict]:
-    """The row and event of one value usable as it is; raise on anything else (then
+def _event_reader(pick: Callable[[dict], Any], max_bytes: int) -> Callable[[Any], Any]:
+    """raw -> (row, event) of one value usable as it is, else None (then
     :func:`parse_event` and :func:`_explain` say why, or find the row via fallbacks)."""
-    if not raw or len(raw) > max_bytes:
-        raise _Bad("", "")
-    obj = orjson.loads(raw)
-    if type(obj) is not dict:
-        raise _Bad("", "")
-    row = pick(obj)
-    if not _NUMBER_TYPES.issuperset(map(type, row)):
-        raise _Bad("", "")
-    if len(raw) > MAX_DEPTH:  # shorter events cannot nest that deep
-        _check_depth(raw, obj)
-    return row, obj
+
+    def read_one(raw: Any) -> tuple[Any, dict] | None:
+        try:
+            if not raw or len(raw) > max_bytes:
+                return None
+            obj = orjson.loads(raw)
+            if type(obj) is not dict:
+                return None
+            row = pick(obj)
+            if not _NUMBER_TYPES.issuperset(map(type, row)):
+                return None
+            if len(raw) > MAX_DEPTH:  # shorter events cannot nest that deep
+                _check_depth(raw, obj)
+        except Exception:
+            return None
+        return row, obj
+
+    return read_one
 
 
 def _read_clean(
@@ -408,11 +420,11 @@ def _read_clean(
 ) -> tuple[list, list[dict]]:
     """Rows and events of values that are all usable as they are; raise on anything else.
 
-    The steps of :func:`_read_one`, each over the whole batch at once (no
+    The steps of :func:`_event_reader`, each over the whole batch at once (no
     Python-level step per event): the form for the common batch.
     """
-    lengths = list(map(len, values))
-    if not values or min(lengths) == 0 or max(lengths) > max_bytes:
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    if not len(values) or not lengths.all() or lengths.max() > max_bytes:
         raise _Bad("", "")
     events = list(map(orjson.loads, values))
     if not all(type(event) is dict for event in events):
@@ -420,8 +432,8 @@ def _read_clean(
     rows = list(map(pick, events))
     if not _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(rows))):
         raise _Bad("", "")
-    for i in compress(range(len(values)), map(MAX_DEPTH.__lt__, lengths)):
-        _check_depth(values[i], events[i])  # shorter events cannot nest that deep
+    for i in np.flatnonzero(lengths > MAX_DEPTH):  # shorter events cannot nest that deep
+        _check_depth(values[i], events[i])
     return rows, events
 
 
@@ -455,32 +467,25 @@ def decode_batch(
     """
     names = list(fields)
     paths = [tuple(name.split(".")) for name in names]
-    pick = _field_getter(names, paths)
+    pick = _field_getter(paths)
     d = len(names)
     errors: list[DecodeError] = []
     try:
         rows, events = _read_clean(values, pick, max_bytes)
         ok: list[int] = list(range(len(values)))
     except Exception:  # something unusual: event by event, the same steps
-        rows, ok, events = [], [], []
-        for i, raw in enumerate(values):
-            try:
-                row, obj = _read_one(raw, pick, max_bytes)
-            except Exception:  # say exactly what is wrong, or find the row via fallbacks
-                try:
-                    obj = parse_event(raw, max_bytes)
-                    row = _explain(obj, paths, names)
-                except _Bad as bad:
-                    errors.append(DecodeError(i, bad.reason, bad.error))
-                    continue
-                except Exception as exc:  # pragma: no cover - a decoder must never raise
-                    errors.append(
-                        DecodeError(i, "not_json", f"the message cannot be decoded: {exc}")
-                    )
-                    continue
-            rows.append(row)
-            ok.append(i)
-            events.append(obj)
+        read = list(map(_event_reader(pick, max_bytes), values))
+        for i in list(compress(range(len(values)), map(not_, read))):  # the ones not read
+            try:  # say exactly what is wrong, or find the row via fallbacks
+                obj = parse_event(values[i], max_bytes)
+                read[i] = (_explain(obj, paths, names), obj)
+            except _Bad as bad:
+                errors.append(DecodeError(i, bad.reason, bad.error))
+            except Exception as exc:  # pragma: no cover - a decoder must never raise
+                errors.append(DecodeError(i, "not_json", f"the message cannot be decoded: {exc}"))
+        ok = list(compress(range(len(values)), read))
+        usable = list(compress(read, read))
+        rows, events = list(map(itemgetter(0), usable)), list(map(itemgetter(1), usable))
     keys = list(map(_key_getter(key_field), events))
 
     if not rows:

@@ -240,7 +240,7 @@ def assert_same_decoding(got, want) -> None:
 
 def test_a_clean_batch_takes_the_whole_batch_path():
     values = [json.dumps({"a": i, "b": 2.5, "c": -3, "host": f"h{i}"}).encode() for i in range(3)]
-    pick = events_module._field_getter(FIELDS, [(name,) for name in FIELDS])
+    pick = events_module._field_getter([(name,) for name in FIELDS])
     rows, _ = events_module._read_clean(values, pick, 1 << 16)
     assert [list(row) for row in rows] == [[i, 2.5, -3] for i in range(3)]
     with pytest.raises(ValueError):  # orjson's JSONDecodeError: then event by event
@@ -259,3 +259,23 @@ def test_nested_fields_decode_the_same_whole_or_event_by_event():
     mixed = decode_batch(values, fields, "host.name")
     assert mixed.X.tolist() == whole.X.tolist() and mixed.keys == whole.keys
     assert [e.reason for e in mixed.errors] == ["not_numeric"]
+
+
+@pytest.mark.parametrize(
+    "fields", [["m.a", "m.c"], ["m.c", "m.a", "z"], ["z", "m.a"], ["m.a", "m.b.0", "m.a"]]
+)
+def test_nested_fields_read_on_the_whole_batch_equal_the_explaining_path(fields):
+    values = [json.dumps({"m": {"a": i, "c": 0.5 * i, "b": [i]}, "z": -i}).encode()
+              for i in range(5)]  # fmt: skip
+    whole = decode_batch(values, fields)
+
+    def refuse(*args):
+        raise ValueError("event by event")
+
+    with (
+        patch.object(events_module, "_read_clean", refuse),
+        patch.object(events_module, "_event_reader", lambda *args: lambda raw: None),
+    ):
+        explained = decode_batch(values, fields)  # every event through the explaining path
+    assert_same_decoding(whole, explained)
+    assert len(whole.X) == 5
