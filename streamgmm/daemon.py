@@ -28,7 +28,7 @@ guarantees hold:
 - a broker that cannot be reached is retried with capped backoff while
   /readyz says why (:class:`streamgmm.status.Status`); only configuration
   errors end the process;
-- a large batch is decoded by a child process (``decoder``) while the next
+- a large batch is decoded by a child process (``decode_worker``) while the next
   poll runs; it is processed before that poll's records, before any
   checkpoint and before a rebalance moves the offsets, so the order of side
   effects above is the same as if it had been decoded in the loop.
