@@ -28,7 +28,7 @@ guarantees hold:
 - a broker that cannot be reached is retried with capped backoff while
   /readyz says why (:class:`streamgmm.status.Status`); only configuration
   errors end the process;
-- a large batch is decoded by a child process (``decoder``) while the next
+- a large batch is decoded by a child process (``decode_worker``) while the next
   poll runs; it is processed before that poll's records, before any
   checkpoint and before a rebalance moves the offsets, so the order of side
   effects above is the same as if it had been decoded in the loop.
@@ -65,19 +65,14 @@ from .checkpoint import (
     remove_leftovers,
     save_state,
 )
-from .codec import (
-    MODEL_ERROR,
-    DecodeError,
-    encode_dead_letter,
-    encode_outlier,
-    encode_score_records,
-)
 from .config import Config
-from .decoder import ANSWER_TIMEOUT_S, Decoder, Pending, default_workers
+from .decode_worker import ANSWER_TIMEOUT_S, Decoder, Pending, default_workers
 from .detector import BatchResult, Detector
+from .events import DecodeError
 from .metrics import Health, Metrics, MetricsServer, start_metrics_server
 from .notify import Notifier
 from .offsets import Offsets
+from .records import MODEL_ERROR, encode_dead_letter, encode_score_records, outlier_records
 from .sinks import SendHandle, Sink, sink_from_config
 from .sources import Source, SourceError, TopicPartition, next_offsets, source_from_config
 from .status import Status
@@ -639,23 +634,11 @@ class Daemon:
         )
 
     def _send_outliers(self, records: list, decoded: Any, result: BatchResult) -> None:
-        now = time.time()
-        for row in np.flatnonzero(result.is_outlier):
-            record = records[decoded.ok_index[row]]
-            key = decoded.keys[row]
-            value = encode_outlier(
-                topic=record.topic, partition=record.partition, offset=record.offset,
-                timestamp_ms=record.timestamp, key=key, event=decoded.events[row],
-                log_likelihood=result.log_likelihood[row], score=result.score[row],
-                threshold=result.threshold[row], component=result.component[row],
-                responsibilities=result.responsibilities[row],
-                mahalanobis=result.mahalanobis[row],
-                contributions=dict(zip(self.fields, result.contributions[row].tolist(),
-                                       strict=True)),
-                surprise=dict(zip(self.fields, result.surprise[row].tolist(), strict=True)),
-                expected=dict(zip(self.fields, result.expected[row].tolist(), strict=True)),
-                model_events_seen=self.detector.n_seen, detected_at=now,
-            )  # fmt: skip
+        outliers = outlier_records(
+            records, decoded, result, self.fields, self.detector.n_seen, detected_at=time.time()
+        )
+        for index, key, value in outliers:
+            record = records[index]
             message_key = (
                 record.key
                 if record.key is not None

@@ -65,7 +65,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from streamgmm import __version__
-from streamgmm.codec import DEAD_LETTER_REASONS
+from streamgmm.records import DEAD_LETTER_REASONS
 
 __all__ = [
     "BROKER_OPERATIONS",

@@ -119,8 +119,8 @@ def plot_scored_file(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .codec import decode_batch
     from .daemon import build_detector
+    from .events import decode_batch
 
     fields = list(config.features.fields)
     i, j = _axes(fields, x, y)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from streamgmm.codec import MAX_DEPTH
+from streamgmm.events import MAX_DEPTH
 
 MAX_BYTES = 1 << 20  # the default of source.kafka.max_message_bytes
 

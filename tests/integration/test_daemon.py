@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from streamgmm.codec import DEAD_LETTER_FIELDS, OUTLIER_FIELDS
+from streamgmm.records import DEAD_LETTER_FIELDS, OUTLIER_FIELDS
 from tests.support.events import anomaly, encode, normal_events
 from tests.support.processes import DaemonProcess, write_config
 from tests.support.promtool import check_metrics, promtool

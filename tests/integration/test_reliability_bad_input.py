@@ -21,7 +21,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from streamgmm.codec import MAX_DEPTH, decode_batch
+from streamgmm.events import MAX_DEPTH, decode_batch
 from tests.support.events import anomaly, normal_events
 from tests.support.faults import (
     ends_of,

@@ -1,4 +1,4 @@
-"""Bad input campaign, codec side: a corpus of malformed events, and generated ones.
+"""Bad input campaign, decoding side: a corpus of malformed events, and generated ones.
 
 What the daemon does with an event is decided here: it is decoded into a
 feature row, or it becomes a dead letter with a reason label (the metric)
@@ -6,7 +6,7 @@ and a sentence (for a person). Every event that decodes must also be
 writable into its outlier and score records, and every one that does not
 into its dead letter: a record that cannot be written would stop the
 daemon, and on restart it would read the same event again (a poison pill).
-Both parsers of the fast path (orjson, the standard library) must agree.
+The whole-batch steps and the event-by-event ones must agree.
 
 tests/integration/test_reliability_bad_input.py sends the same corpus
 through the live daemon.
@@ -25,15 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamgmm import codec
-from streamgmm.codec import (
-    MAX_DEPTH,
-    REASONS,
-    decode_batch,
-    encode_dead_letter,
-    encode_outlier,
-    encode_score_records,
-)
+from streamgmm import events as events_module
+from streamgmm.events import MAX_DEPTH, REASONS, decode_batch, parse_event
+from streamgmm.records import encode_dead_letter, encode_outlier, encode_score_records
 
 _spec = importlib.util.spec_from_file_location(
     "bad_inputs", Path(__file__).resolve().parents[1] / "bad_inputs.py"
@@ -44,8 +38,6 @@ MALFORMED, ODD_BUT_VALID = bad_inputs.MALFORMED, bad_inputs.ODD_BUT_VALID
 MAX_BYTES, event, nested = bad_inputs.MAX_BYTES, bad_inputs.event, bad_inputs.nested
 
 FIELDS = ["a", "b", "c"]
-# every test runs with each fast-path JSON parser (tests/unit/conftest.py)
-pytestmark = pytest.mark.usefixtures("codec_backend")
 
 
 def write_records(raw_values, batch) -> list[bytes]:
@@ -224,17 +216,66 @@ CLEAN_EVENT = st.fixed_dictionaries(
 )
 def test_the_whole_batch_path_decodes_exactly_as_the_per_event_path(values, key_field):
     fast = decode_batch(values, FIELDS, key_field, 1 << 16)
-    with patch.object(codec, "_decode_clean", lambda *args: None):
+
+    def refuse(*args):
+        raise ValueError("event by event")
+
+    with patch.object(events_module, "_read_clean", refuse):
         each = decode_batch(values, FIELDS, key_field, 1 << 16)
-    assert fast.X.tobytes() == each.X.tobytes() and fast.X.shape == each.X.shape
-    assert fast.ok_index.tolist() == each.ok_index.tolist()
-    assert fast.keys == each.keys and fast.events == each.events
-    assert fast.errors == each.errors
+    assert_same_decoding(fast, each)
+    # each event alone, and each usable event parsed again as the loop parses the events
+    # of a batch the decoding process decoded: the same answers
+    alone = [decode_batch([value], FIELDS, key_field, 1 << 16) for value in values]
+    assert [i for i, one in enumerate(alone) if len(one.X)] == fast.ok_index.tolist()
+    assert [(i, *e[1:]) for i, one in enumerate(alone) for e in one.errors] == fast.errors
+    assert [parse_event(values[i], 1 << 16) for i in fast.ok_index] == list(fast.events)
+
+
+def assert_same_decoding(got, want) -> None:
+    assert got.X.tobytes() == want.X.tobytes() and got.X.shape == want.X.shape
+    assert got.ok_index.tolist() == want.ok_index.tolist()
+    assert got.keys == want.keys and list(got.events) == list(want.events)
+    assert got.errors == want.errors
 
 
 def test_a_clean_batch_takes_the_whole_batch_path():
     values = [json.dumps({"a": i, "b": 2.5, "c": -3, "host": f"h{i}"}).encode() for i in range(3)]
-    pick, key_of = codec.itemgetter(*FIELDS), codec._key_getter("host")
-    assert codec._decode_clean(values, pick, key_of, 1 << 16) is not None
-    assert codec._decode_clean([*values, b"{"], pick, key_of, 1 << 16) is None
+    pick = events_module._field_getter([(name,) for name in FIELDS])
+    rows, _ = events_module._read_clean(values, pick, 1 << 16)
+    assert [list(row) for row in rows] == [[i, 2.5, -3] for i in range(3)]
+    with pytest.raises(ValueError):  # orjson's JSONDecodeError: then event by event
+        events_module._read_clean([*values, b"{"], pick, 1 << 16)
     assert decode_batch(values, FIELDS, "host").keys == ["h0", "h1", "h2"]
+
+
+def test_nested_fields_decode_the_same_whole_or_event_by_event():
+    values = [json.dumps({"m": {"a": i, "b": [0.5, i]}, "c.d": 2, "host": {"name": f"h{i}"}})
+              .encode() for i in range(4)]  # fmt: skip
+    values.append(b'{"m": {"a": "1"}}')
+    fields = ["m.a", "m.b.1", "c.d"]  # an array index and a key spelled with dots
+    whole = decode_batch(values[:4], fields, "host.name")
+    assert whole.X.tolist() == [[i, i, 2] for i in range(4)]
+    assert whole.keys == ["h0", "h1", "h2", "h3"]
+    mixed = decode_batch(values, fields, "host.name")
+    assert mixed.X.tolist() == whole.X.tolist() and mixed.keys == whole.keys
+    assert [e.reason for e in mixed.errors] == ["not_numeric"]
+
+
+@pytest.mark.parametrize(
+    "fields", [["m.a", "m.c"], ["m.c", "m.a", "z"], ["z", "m.a"], ["m.a", "m.b.0", "m.a"]]
+)
+def test_nested_fields_read_on_the_whole_batch_equal_the_explaining_path(fields):
+    values = [json.dumps({"m": {"a": i, "c": 0.5 * i, "b": [i]}, "z": -i}).encode()
+              for i in range(5)]  # fmt: skip
+    whole = decode_batch(values, fields)
+
+    def refuse(*args):
+        raise ValueError("event by event")
+
+    with (
+        patch.object(events_module, "_read_clean", refuse),
+        patch.object(events_module, "_event_reader", lambda *args: lambda raw: None),
+    ):
+        explained = decode_batch(values, fields)  # every event through the explaining path
+    assert_same_decoding(whole, explained)
+    assert len(whole.X) == 5

@@ -266,3 +266,10 @@ def test_trust_main_runs_sets_in_worker_processes(tmp_path):
     assert f"| tiny | 800 | 3 | 2.00% | {pool['ours']:.3f} | {pool['hst']:.3f} |" in written
     with pytest.raises(SystemExit, match="unknown set"):
         trust.main(["--data", str(tmp_path), "--sets", "absent", "--out", str(tmp_path)])
+
+
+def test_decoding_throughput_is_measured_on_every_kind_of_batch():
+    codec_throughput = _load("codec_throughput")
+    rates = codec_throughput.measure(n=60, repeats=1)
+    assert set(rates) == {"clean", "1% bad", "nested", "nested, 1% bad"}
+    assert all(rate > 0 for rate in rates.values())

@@ -16,9 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from streamgmm.codec import MODEL_ERROR
 from streamgmm.daemon import FUTURE_TOLERANCE_S
 from streamgmm.detector import Detector
+from streamgmm.records import MODEL_ERROR
 from streamgmm.sources import Record
 from tests.support.scripted import TP, ScriptedSource, daemon_with
 

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from streamgmm.codec import decode_batch
-from streamgmm.decoder import MIN_BATCH, Decoder
+from streamgmm.decode_worker import MIN_BATCH, Decoder
+from streamgmm.events import decode_batch
 
 FIELDS = ["cpu", "mem.used"]
 KEY = "host"

@@ -13,20 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamgmm.codec import (
+from streamgmm import events
+from streamgmm.events import REASONS, decode_batch
+from streamgmm.records import (
     DEAD_LETTER_FIELDS,
     OUTLIER_FIELDS,
-    REASONS,
     SCORE_FIELDS,
-    decode_batch,
     encode_dead_letter,
     encode_outlier,
     encode_score_record,
     encode_score_records,
 )
-
-# every test runs with each fast-path JSON parser (tests/unit/conftest.py)
-pytestmark = pytest.mark.usefixtures("codec_backend")
 
 
 def one(value, fields=("x",), key_field=None, max_bytes=1 << 20):
@@ -178,16 +175,11 @@ def test_every_problem_of_an_event_is_listed_and_the_first_names_the_reason():
 
 
 def test_reason_labels_are_the_documented_set():
-    assert REASONS == (
-        "empty",
-        "oversize",
-        "not_utf8",
-        "not_json",
-        "not_object",
-        "missing_field",
-        "not_numeric",
-        "not_finite",
-    )
+    """The table of events.py's docstring (the reference) lists REASONS, in order."""
+    table = events.__doc__.split("==============  ", 3)[2]  # the rows of the table
+    documented = re.findall(r"^(\w+) +\S", table, flags=re.M)
+    assert tuple(documented) == REASONS
+    assert len(REASONS) == 8 and "not_finite" in REASONS
 
 
 @settings(max_examples=300, deadline=None)
@@ -254,25 +246,12 @@ def outlier(**over):
 def test_outlier_record_has_exactly_the_design_fields_in_order():
     rec = outlier()
     assert tuple(rec) == OUTLIER_FIELDS
-    assert OUTLIER_FIELDS == (
-        "topic",
-        "partition",
-        "offset",
-        "timestamp_ms",
-        "key",
-        "event",
-        "log_likelihood",
-        "score",
-        "threshold",
-        "component",
-        "responsibilities",
-        "mahalanobis",
-        "contributions",
-        "surprise",
-        "expected",
-        "model_events_seen",
-        "detected_at",
-    )
+    # in the order of docs/records.md's table, one row per field (the first names three)
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "records.md").read_text()
+    section = docs.split("## Outlier record", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (`[^|]+`) \|", section, flags=re.M)
+    documented = [name.strip(" `") for row in rows for name in row.split(",")]
+    assert tuple(documented) == OUTLIER_FIELDS
     assert rec["event"] == {"cpu": 0.9, "mem": 3}
     assert rec["component"] == 1 and rec["responsibilities"] == [0.1, 0.9]
     assert rec["contributions"] == {"cpu": 5.9, "mem": -0.3}
@@ -332,17 +311,20 @@ def test_outlier_embeds_an_event_that_stdlib_parsed_with_a_huge_integer():
     assert rec["event"]["x"] == 10**30
 
 
+def dead_letter(reason: str, payload: bytes | None, **over) -> dict:
+    args = {"topic": "t", "partition": 0, "offset": 0, "timestamp_ms": None, "error": "e"}
+    return json.loads(encode_dead_letter(**{**args, **over}, reason=reason, payload=payload))
+
+
 def test_dead_letter_keeps_utf8_payload_as_text():
-    rec = json.loads(
-        encode_dead_letter(
-            topic="events",
-            partition=1,
-            offset=7,
-            timestamp_ms=5,
-            error="field 'x' is null",
-            reason="missing_field",
-            payload='{"x": null, "name": "café"}'.encode(),
-        )
+    rec = dead_letter(
+        "missing_field",
+        '{"x": null, "name": "café"}'.encode(),
+        topic="events",
+        partition=1,
+        offset=7,
+        timestamp_ms=5,
+        error="field 'x' is null",
     )
     assert tuple(rec) == DEAD_LETTER_FIELDS
     assert rec["payload"] == '{"x": null, "name": "café"}'
@@ -354,47 +336,16 @@ def test_dead_letter_keeps_utf8_payload_as_text():
 
 def test_dead_letter_base64_for_binary_and_null_for_tombstones():
     binary = bytes(range(256))
-    rec = json.loads(
-        encode_dead_letter(
-            topic="t",
-            partition=0,
-            offset=0,
-            timestamp_ms=None,
-            error="e",
-            reason="not_utf8",
-            payload=binary,
-        )
-    )
+    rec = dead_letter("not_utf8", binary)
     assert rec["payload_encoding"] == "base64"
     assert base64.b64decode(rec["payload"]) == binary
-    rec = json.loads(
-        encode_dead_letter(
-            topic="t",
-            partition=0,
-            offset=0,
-            timestamp_ms=None,
-            error="e",
-            reason="empty",
-            payload=None,
-        )
-    )
+    rec = dead_letter("empty", None)
     assert rec["payload"] is None and rec["payload_encoding"] is None
 
 
 def test_dead_letter_truncates_huge_payloads_on_a_character_boundary():
     payload = ("é" * 100).encode()  # 200 bytes, 2 per character
-    rec = json.loads(
-        encode_dead_letter(
-            topic="t",
-            partition=0,
-            offset=0,
-            timestamp_ms=None,
-            error="e",
-            reason="oversize",
-            payload=payload,
-            max_payload_bytes=11,
-        )
-    )
+    rec = dead_letter("oversize", payload, max_payload_bytes=11)
     assert rec["payload"] == "é" * 5
     assert rec["payload_truncated"] is True and rec["payload_bytes"] == 200
 
@@ -404,17 +355,7 @@ def test_dead_letter_for_every_decode_error_round_trips():
     batch = decode_batch(values, ["x"], None, 32)
     assert {e.reason for e in batch.errors} == set(REASONS)
     for e in batch.errors:
-        rec = json.loads(
-            encode_dead_letter(
-                topic="t",
-                partition=0,
-                offset=e.index,
-                timestamp_ms=None,
-                error=e.error,
-                reason=e.reason,
-                payload=values[e.index],
-            )
-        )
+        rec = dead_letter(e.reason, values[e.index], offset=e.index, error=e.error)
         assert rec["offset"] == e.index and rec["reason"] == e.reason
 
 

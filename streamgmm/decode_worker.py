@@ -1,16 +1,19 @@
-"""JSON decoding beside the loop: a child process parses one batch while the loop reads the next.
+"""The decoding process: a child parses one batch while the loop reads the next.
 
 The daemon's main thread is the bottleneck of a busy stream: kafka-python
 parses every record in Python, and so does the JSON decoder, both under the
 one GIL. Handing the decoding of each large batch to a child process lets
-the two run on two cores. The child only computes :func:`~.codec.decode_batch`
+the two run on two cores. The child only computes :func:`~.events.decode_batch`
 (a pure function); everything with a side effect stays in the loop, in order.
 
 What crosses the pipes, in length-prefixed frames of raw bytes and JSON (no
 pickle): the raw values one way; the feature matrix, row indices, keys and
 dead-letter reasons the other. The parsed events are not sent back
 (serialising them would cost more than parsing): the few an outlier record
-embeds are parsed again in the loop, on demand.
+embeds are parsed again in the loop, on demand, by
+:func:`~.events.parse_event`, as ``decode_batch`` parsed them.
+
+Run as ``python -m streamgmm.decode_worker`` (by :class:`Decoder`, never by hand).
 
 Every wait on the child is bounded: a child that dies or stops answering is
 killed and replaced, its batches are decoded in the loop, so nothing is lost,
@@ -36,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from .codec import Decoded, DecodeError, decode_batch, parse_event
+from .events import Decoded, DecodeError, decode_batch, parse_event
 
-log = logging.getLogger("streamgmm.decoder")
+log = logging.getLogger("streamgmm.decode_worker")
 
 #: Batches smaller than this are decoded in the loop: under 0.5 ms of work, as a
 #: quiet stream's polls are (5,000 events/s come about 100 per poll).
@@ -205,7 +208,7 @@ class _Child:
     def __init__(self, settings: list, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamgmm.decoder"],
+            [sys.executable, "-m", "streamgmm.decode_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
@@ -313,7 +316,7 @@ class Decoder:
     Parameters
     ----------
     fields, key_field, max_bytes :
-        As for :func:`~.codec.decode_batch`.
+        As for :func:`~.events.decode_batch`.
     workers : {0, 1}
         0 decodes in the calling thread; 1 starts a child process at the
         first large batch.
