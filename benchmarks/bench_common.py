@@ -37,6 +37,12 @@ def data_dir() -> Path:
     return Path(env) if env else (REPO_ROOT.parent / "shared" / "data")
 
 
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", type=Path, default=None, help="default: $STREAMGMM_DATA or ../shared/data"
+    )
+
+
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",

@@ -32,6 +32,7 @@ from bench_common import (
     REPO_ROOT,
     Report,
     Target,
+    add_data_argument,
     add_output_arguments,
     data_dir,
     finish,
@@ -356,9 +357,7 @@ def run(args: argparse.Namespace) -> Report:
 def main(argv: list[str] | None = None) -> Report:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_output_arguments(parser)
-    parser.add_argument(
-        "--data", type=Path, default=None, help="default: $STREAMGMM_DATA or ../shared/data"
-    )
+    add_data_argument(parser)
     parser.add_argument("--sets", nargs="*", default=None, help="set names (default: all)")
     parser.add_argument("--max-rows", type=int, default=None, help="first N rows of each set")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])

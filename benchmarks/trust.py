@@ -46,6 +46,7 @@ from bench_common import (
     REPO_ROOT,
     Report,
     Target,
+    add_data_argument,
     add_output_arguments,
     data_dir,
     finish,
@@ -806,9 +807,7 @@ def run(args: argparse.Namespace) -> Report:
 def main(argv: list[str] | None = None) -> Report:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_output_arguments(parser)
-    parser.add_argument(
-        "--data", type=Path, default=None, help="default: $STREAMGMM_DATA or ../shared/data"
-    )
+    add_data_argument(parser)
     parser.add_argument(
         "--sets", nargs="*", default=None, help="set names, shuttle included (default: all)"
     )

@@ -23,9 +23,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("streamgmm.cli")
 
@@ -242,6 +245,17 @@ def _file_config(args: argparse.Namespace):
                                             key=key)), None  # fmt: skip
 
 
+def _offline_config(args: argparse.Namespace) -> Config | int:
+    """The configuration of ``score`` or ``evaluate`` with logging set up, or the exit code."""
+    config, error = _file_config(args)
+    if error:
+        return _fail(error)
+    from .logs import configure
+
+    configure(config.log.level, "text" if sys.stderr.isatty() else config.log.format)
+    return config
+
+
 def _progress(input_path: str) -> bool:
     """A progress line on standard error: when it is a terminal and the input a file."""
     return sys.stderr.isatty() and input_path != "-" and os.path.isfile(input_path)
@@ -250,12 +264,9 @@ def _progress(input_path: str) -> bool:
 def cmd_score(args: argparse.Namespace) -> int:
     from .offline import score_file
 
-    config, error = _file_config(args)
-    if error:
-        return _fail(error)
-    from .logs import configure
-
-    configure(config.log.level, "text" if sys.stderr.isatty() else config.log.format)
+    config = _offline_config(args)
+    if isinstance(config, int):
+        return config
     try:
         return score_file(
             config,
@@ -285,12 +296,9 @@ def _nan_as_null(value: Any) -> Any:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .offline import evaluate_file, format_evaluation
 
-    config, error = _file_config(args)
-    if error:
-        return _fail(error)
-    from .logs import configure
-
-    configure(config.log.level, "text" if sys.stderr.isatty() else config.log.format)
+    config = _offline_config(args)
+    if isinstance(config, int):
+        return config
     try:
         report = evaluate_file(
             config, args.input, args.label, args.format, progress=_progress(args.input)
@@ -363,6 +371,7 @@ def _file_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--key", default=None, help="field copied into the records as their key (features.key)"
     )
+    parser.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,7 +419,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="scored JSONL, one record per event (default: standard output)",
     )
     score.add_argument("--outliers", default=None, help="also write outlier records here")
-    score.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto")
     score.add_argument(
         "--checkpoint",
         default=None,
@@ -431,7 +439,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--label", required=True, help="the column (top-level key) holding the labels"
     )
-    evaluate.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(func=cmd_evaluate)
 

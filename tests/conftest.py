@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.support.processes import kill_leftovers
@@ -18,3 +20,13 @@ from tests.support.processes import kill_leftovers
 def _no_leftover_daemons():
     yield
     kill_leftovers()
+
+
+@pytest.fixture
+def restore_signal_handlers():
+    """The test may install the daemon's signal handlers: the runner's come back after it."""
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+    saved = {s: signal.getsignal(s) for s in signals}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)

@@ -35,6 +35,7 @@ import yaml
 from tests.ops import dashboard as dash
 from tests.support.ports import free_port
 from tests.support.processes import DaemonProcess
+from tests.support.tools import require
 from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.integration
@@ -144,13 +145,7 @@ class PrometheusServer:
 
 @pytest.fixture
 def prometheus_binary() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip(
-            "the prometheus server is missing and could not be installed (Debian package "
-            "prometheus; `make system-tools` installs it when run as root)"
-        )
-    return binary
+    return require("prometheus", "prometheus")
 
 
 def test_prometheus_scrapes_the_daemon_and_loads_the_alert_rules(

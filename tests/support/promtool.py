@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
-import pytest
-
-MISSING = (
-    "promtool is missing and could not be installed "
-    "(`make system-tools` installs Debian's prometheus package when run as root)"
-)
+from tests.support.tools import require
 
 
 def promtool() -> str:
     """The path of ``promtool``; skips the calling test when it is not installed."""
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip(MISSING)
-    return path
+    return require("promtool", "prometheus")
 
 
 def check_metrics(text: str | bytes) -> subprocess.CompletedProcess:

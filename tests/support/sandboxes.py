@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.ops import sandbox
+from tests.support.tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOAD = ROOT / "tests" / "ops" / "runtime_workload.py"
@@ -17,13 +17,7 @@ WORKLOAD = ROOT / "tests" / "ops" / "runtime_workload.py"
 
 def systemd_analyze() -> str:
     """The path of ``systemd-analyze``; skips the calling test when it is not installed."""
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        pytest.skip(
-            "systemd-analyze is missing and could not be installed "
-            "(`make system-tools` installs Debian's systemd package when run as root)"
-        )
-    return path
+    return require("systemd-analyze", "systemd")
 
 
 def run_workload(unit: Path, *args: str) -> subprocess.CompletedProcess:

@@ -153,15 +153,6 @@ def test_a_value_beyond_1e100_is_no_poison_pill():
 # SIGHUP and SIGUSR1
 
 
-@pytest.fixture
-def restore_signal_handlers():
-    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-    saved = {s: signal.getsignal(s) for s in signals}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
-
-
 def test_sighup_shuts_down_cleanly_and_sigusr1_logs_a_status_line(restore_signal_handlers, caplog):
     def first(source):
         source.assign({TP})

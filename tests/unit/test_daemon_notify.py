@@ -62,15 +62,6 @@ def file_daemon(tmp_path) -> Daemon:
     )
 
 
-@pytest.fixture
-def restore_signal_handlers():
-    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-    saved = {s: signal.getsignal(s) for s in signals}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
-
-
 def test_sigterm_handler_only_asks_the_loop_to_stop(
     tmp_path, notify_socket, restore_signal_handlers
 ):
