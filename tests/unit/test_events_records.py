@@ -464,3 +464,16 @@ def test_every_record_field_is_documented_in_docs_records_md():
     ):
         assert section in text
         assert set(fields) <= quoted, set(fields) - quoted
+
+
+def test_integers_beyond_64_bits_are_numbers_and_beyond_float_are_dead_letters():
+    # orjson refuses integers past 64 bits; the explaining parse reads them as floats
+    batch = decode_batch(
+        [
+            b'{"a": 18446744073709551616, "b": -9223372036854775809, "c": 1}',
+            b'{"a": ' + b"9" * 400 + b', "b": 1, "c": 1}',  # no float holds it
+        ],
+        ["a", "b", "c"],
+    )
+    np.testing.assert_array_equal(batch.X, [[2.0**64, -(2.0**63), 1.0]])
+    assert [(error.index, error.reason) for error in batch.errors] == [(1, "not_finite")]
