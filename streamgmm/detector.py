@@ -632,8 +632,9 @@ class Detector:
         return cls.from_state(load_state(path, kind="Detector"))
 
 
-# parameters a 0.1 checkpoint did not save: the values 0.1 ran with
-_LAYOUT_0_1_PARAMS: dict[str, Any] = {"micro_batch": 1, "patience": 20000, "refits": 0}
+# parameters a 0.1 checkpoint did not save: the quarantine's horizon it ran with, and
+# today's micro-batches (0.1 had none: it learnt each call's batch at once)
+_LAYOUT_0_1_PARAMS: dict[str, Any] = {"micro_batch": MICRO_BATCH, "patience": 20000, "refits": 0}
 
 
 @dataclass(frozen=True)
