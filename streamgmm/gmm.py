@@ -26,6 +26,7 @@ estimators, initialisation, then the estimator.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -315,6 +316,13 @@ _OPS = {
         _n_params_spherical,
     ),
 }
+
+
+@functools.lru_cache(maxsize=64)
+def _chi2_tail(probability: float, d: int) -> float:
+    """The squared distance beyond which a chi-square with d degrees of freedom has
+    ``probability`` left (asked once per warm-up batch: one event each on the river path)."""
+    return float(stats.chi2.isf(probability, d))
 
 
 def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
@@ -936,7 +944,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         start = 0
         if not self.is_fitted:
             start = min(X.shape[0], max(int(self.warmup) - self._buffered, 0))
-            out[:start] = self._warmup_score_then_buffer(X[:start])
+            out[:start] = self.warmup_step(X[:start]).log_likelihood
             if self._buffered >= int(self.warmup):
                 self._fit_warmup_buffer()
         if start < X.shape[0]:
@@ -1064,9 +1072,6 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     # -- warm-up scorer ---------------------------------------------------
 
-    def _warmup_score_then_buffer(self, X: np.ndarray) -> np.ndarray:
-        return self.warmup_step(X).log_likelihood
-
     def warmup_step(
         self, X: np.ndarray, flag_after: int | None = None, flag_probability: float = 0.0
     ) -> WarmupScores:
@@ -1087,9 +1092,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self._check_parameters()
             self._reset()
         self.n_features_in_ = X.shape[1]
-        critical = (
-            float(stats.chi2.isf(flag_probability, X.shape[1])) if flag_probability else math.inf
-        )
+        critical = _chi2_tail(flag_probability, X.shape[1]) if flag_probability else math.inf
         scores = self._warm.score_then_update(X, flag_after, critical)
         kept = X[~scores.flagged]
         if len(kept):
