@@ -191,9 +191,8 @@ class Quarantine:
 
     def observe(self, flagged_rows: np.ndarray, n_events: int) -> None:
         flagged = len(flagged_rows) / max(n_events, 1)
-        for name, horizon in (("share", self.patience), ("recent", self.RECENT)):
-            decay = (1.0 - 1.0 / horizon) ** n_events
-            setattr(self, name, getattr(self, name) * decay + (1.0 - decay) * flagged)
+        self.share = _moving_share(self.share, flagged, n_events, self.patience)
+        self.recent = _moving_share(self.recent, flagged, n_events, self.RECENT)
         if len(flagged_rows):
             kept = flagged_rows if self.rows is None else np.concatenate([self.rows, flagged_rows])
             self.rows = kept[-self.capacity :]
@@ -204,6 +203,13 @@ class Quarantine:
 
     def __len__(self) -> int:
         return 0 if self.rows is None else len(self.rows)
+
+
+def _moving_share(share: float, flagged: float, n_events: int, horizon: int) -> float:
+    """An exponentially weighted share over ``horizon`` events, moved by ``n_events``
+    events of which the share ``flagged`` were flagged."""
+    decay = (1.0 - 1.0 / horizon) ** n_events
+    return share * decay + (1.0 - decay) * flagged
 
 
 class Detector:
@@ -407,8 +413,17 @@ class Detector:
         if not self.is_warmed_up:
             warm = self.model.warmup_scorer
             return -warm.score_samples(np.clip(X, -MAX_ABS_INPUT, MAX_ABS_INPUT))
-        Z = np.clip(self.standardizer.transform(X), -MAX_ABS_INPUT, MAX_ABS_INPUT)
+        Z, _ = self._standardised(X)
         return self.standardizer.log_scale_sum - self.model.log_likelihood_unchecked(Z)
+
+    def _standardised(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """X standardised, with the rows too large to be squared clipped to the limit
+        (they are scored there, as outliers): Z (n, d) and those rows (n,), bool."""
+        Z = self.standardizer.transform(X)
+        huge = np.abs(Z).max(axis=1, initial=0.0) > MAX_ABS_INPUT
+        if huge.any():
+            Z = np.clip(Z, -MAX_ABS_INPUT, MAX_ABS_INPUT)
+        return Z, huge
 
     def _empty_result(self, X: np.ndarray) -> BatchResult:
         n, d = X.shape
@@ -455,7 +470,7 @@ class Detector:
         """Start a quantile threshold from the model's own quantile, and the scores of Z
         under the model, none above it: anomalies among Z cannot lift it over them."""
         if isinstance(self.threshold, QuantileThreshold):
-            prior = self.standardizer.log_scale_sum + self.model.score_quantile(self.threshold.q)
+            prior = self.model_score_quantile(self.threshold.q)
             scores = self.standardizer.log_scale_sum - self.model.score_samples(Z)
             self.threshold.initialise(prior, np.minimum(scores, prior))
 
@@ -482,10 +497,7 @@ class Detector:
 
     def _score_rows(self, X: np.ndarray) -> BatchResult:
         """Score rows of the current micro-batch under the model before it; keep them."""
-        Z = self.standardizer.transform(X)
-        huge = np.abs(Z).max(axis=1, initial=0.0) > MAX_ABS_INPUT
-        if huge.any():  # too large to be squared: scored at the limit, an outlier
-            Z = np.clip(Z, -MAX_ABS_INPUT, MAX_ABS_INPUT)
+        Z, huge = self._standardised(X)
         evaluation = self.model.evaluate(Z)
         explanation = self.model.explain(Z, evaluation)
         log_likelihood = evaluation.log_likelihood - self.standardizer.log_scale_sum
@@ -579,7 +591,12 @@ class Detector:
             state["quarantine"]["rows"] = self.quarantine.rows
         if self._pending:
             batch = _Scored.concat(self._pending)
-            state["pending"] = {"Z": batch.Z, "outlier": batch.outlier, "score": batch.score}
+            state["pending"] = {
+                "Z": batch.Z,
+                "outlier": batch.outlier,
+                "score": batch.score,
+                "huge": batch.huge,
+            }
         if self.standardizer is not None:
             state["standardizer"] = {
                 "mean": self.standardizer.mean,
@@ -615,7 +632,7 @@ class Detector:
                     detector.model.evaluate(Z),  # the model has not changed since
                     np.array(pending["outlier"], dtype=bool),
                     np.array(pending["score"], dtype=np.float64),
-                    np.abs(Z).max(axis=1, initial=0.0) >= MAX_ABS_INPUT,
+                    np.array(pending["huge"], dtype=bool),
                 )
             ]
         detector.n_seen = int(state["n_seen"])
