@@ -28,7 +28,7 @@ import pytest
 
 from tests.ops import sandbox
 from tests.support.processes import DaemonProcess
-from tests.support.sandboxes import run_workload, systemd_analyze
+from tests.support.sandboxes import require_seccomp, run_workload, systemd_analyze
 
 pytestmark = pytest.mark.integration
 
@@ -61,9 +61,7 @@ def proc_status(pid: int) -> dict[str, str]:
 def test_daemon_scores_and_stops_cleanly_under_the_units_seccomp_filters(
     tmp_path, events_and_config, read_all
 ):
-    reason = sandbox.available()
-    if reason:
-        pytest.skip(f"cannot emulate the unit's seccomp filters: {reason}")
+    require_seccomp()
     prepared = events_and_config(seed=9, n=1200, anomalies_at=(700, 800, 900, 1000))
     notify_dir = tempfile.mkdtemp(prefix="sgmm-", dir="/tmp")  # AF_UNIX paths: 108 bytes
     notify_path = os.path.join(notify_dir, "notify")
