@@ -184,6 +184,7 @@ def _cross_checks(cfg: Config, env: Mapping[str, str], errors: list[str]) -> Con
                 "(source.kafka.topic); records written there would be scored again; "
                 "pick another topic"
             )
+    _check_state(cfg, errors)
     if sink.kind == "file":
         paths = {
             "sink.file.path": sink.file.path,
@@ -204,3 +205,40 @@ def _cross_checks(cfg: Config, env: Mapping[str, str], errors: list[str]) -> Con
         source=dataclasses.replace(source, kafka=source_kafka),
         sink=dataclasses.replace(sink, kafka=sink_kafka),
     )
+
+
+def _check_state(cfg: Config, errors: list[str]) -> None:
+    """Where the state goes (one file, or the compacted topic) and per-entity models."""
+    checkpoint, source, sink = cfg.checkpoint, cfg.source, cfg.sink
+    if cfg.model.entity.enabled and cfg.features.key is None:
+        errors.append(
+            "model.entity.enabled: per-entity models need the entity id; set features.key "
+            "to the field that names the entity (e.g. host), or set enabled: false"
+        )
+    topic = checkpoint.topic
+    if topic is None:
+        return
+    if checkpoint.path is not None:
+        errors.append(
+            "checkpoint.topic: is exclusive with checkpoint.path (one file for one process, "
+            "or the compacted topic for a group); set checkpoint.path: null to keep the "
+            "state in the topic"
+        )
+    if source.kind != "kafka":
+        errors.append(
+            "checkpoint.topic: the state topic follows the partitions of a Kafka source; "
+            "with source.kind file, use checkpoint.path instead"
+        )
+        return
+    others = {"source.kafka.topic": source.kafka.topic}
+    if sink.kind == "kafka":
+        others |= {
+            "sink.kafka.topic": sink.kafka.topic,
+            "sink.kafka.dead_letter_topic": sink.kafka.dead_letter_topic,
+            "sink.kafka.scores_topic": sink.kafka.scores_topic,
+        }
+    for key, other in others.items():
+        if other == topic:
+            errors.append(
+                f"checkpoint.topic: {topic!r} is also {key}; give the state its own topic"
+            )

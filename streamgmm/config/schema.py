@@ -141,6 +141,45 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class EntityConfig:
+    """``model.entity``: one adapted model per entity (``features.key``)."""
+
+    enabled: bool = _key(
+        Bool(),
+        False,
+        "true: each entity (the value of features.key) gets its own model, adapted from the "
+        "population mixture (GMM-UBM), so what is odd for one host is found even when it "
+        "is normal for the population. Needs features.key.",
+    )
+    min_events: int = _key(
+        Int(ge=1),
+        20,
+        "Events of an entity before its own model scores it; before that, the population "
+        "model does (a brand-new entity is judged from its first event).",
+    )
+    relevance: float = _key(
+        Float(gt=0),
+        8.0,
+        "MAP relevance factor r: a component's statistics of an entity weigh n / (n + r) "
+        "against the population's. Smaller adapts sooner, larger trusts the population longer.",
+    )
+    max_entities: int = _key(
+        Int(ge=1),
+        1_000_000,
+        "Entities held per model (per input partition with checkpoint.topic); past it, "
+        "the least active (decayed activity, so a burst of one-off keys cannot push out "
+        "busy entities) are evicted and start again from the population if they return.",
+    )
+    idle_ttl_s: float | None = _key(
+        Float(gt=0),
+        None,
+        "Seconds without an event after which an entity is dropped; null keeps it until "
+        "the cap evicts it.",
+        nullable=True,
+    )
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """``model``: the online Gaussian mixture."""
 
@@ -205,6 +244,9 @@ class ModelConfig:
         MODEL_DEFAULTS.random_state,
         "Seed for initialisation; null for a random one.",
         nullable=True,
+    )
+    entity: EntityConfig = _key(
+        Section(cls=EntityConfig), None, "Per-entity models adapted from the population."
     )
 
 
@@ -305,8 +347,17 @@ class CheckpointConfig:
     path: str | None = _key(
         Str(),
         "/var/lib/streamgmm/model.npz",
-        "Checkpoint file (.npz, written atomically); null disables checkpoints, so a "
-        "restart starts a new model.",
+        "Checkpoint file (.npz, written atomically) for one process; null disables "
+        "it (a restart then starts a new model, unless topic is set).",
+        nullable=True,
+    )
+    topic: str | None = _key(
+        _TOPIC,
+        None,
+        "Compacted Kafka topic holding the state per input partition (model, threshold, "
+        "entities, next offset); the state follows the partitions, so several instances "
+        "in one group split the work. Created if missing. Exclusive with path (set path: "
+        "null); Kafka source only.",
         nullable=True,
     )
     interval_s: float = _key(

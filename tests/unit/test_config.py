@@ -468,3 +468,32 @@ def test_model_defaults_are_the_detectors():
         "half_life",
     ):
         assert getattr(model, name) == defaults[name], name
+
+
+def test_entity_models_need_the_key():
+    (error,) = errors_of(with_("model.entity.enabled", True))
+    assert error.startswith("model.entity.enabled: per-entity models need the entity id")
+    raw = with_("features.key", "host", with_("model.entity.enabled", True))
+    cfg = parse_config(raw, env={})
+    assert cfg.model.entity.enabled and cfg.model.entity.min_events == 20
+
+
+def test_state_topic_is_exclusive_with_the_file():
+    (error,) = errors_of(with_("checkpoint.topic", "streamgmm-state"))
+    assert error.startswith("checkpoint.topic: is exclusive with checkpoint.path")
+    assert "checkpoint.path: null" in error
+    raw = with_("checkpoint", {"topic": "streamgmm-state", "path": None})
+    assert parse_config(raw, env={}).checkpoint.topic == "streamgmm-state"
+
+
+def test_state_topic_needs_a_kafka_source_and_its_own_topic():
+    base = with_("checkpoint", {"topic": "outliers", "path": None})
+    (error,) = errors_of(base)
+    assert error == (
+        "checkpoint.topic: 'outliers' is also sink.kafka.topic; give the state its own topic"
+    )
+    raw = with_(
+        "source", {"kind": "file", "file": {"path": "-"}}, with_("checkpoint.topic", "s", base)
+    )
+    (error,) = errors_of(raw)
+    assert error.startswith("checkpoint.topic: the state topic follows the partitions")
