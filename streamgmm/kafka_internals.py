@@ -19,6 +19,7 @@ __all__ = [
     "broker_connected",
     "committed_offsets_fetcher",
     "generation_lost",
+    "generation_reset",
     "group_alive",
     "heartbeat_reset_at",
     "metadata_refreshed_ms",
@@ -180,3 +181,16 @@ def generation_lost(exc: BaseException | None) -> bool:
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
+
+
+def generation_reset(consumer: Any) -> bool:
+    """True when kafka-python has reset this member's generation (``_coordinator._generation``).
+
+    The coordinator resets it (generation id -1) when the group answers that the
+    member is unknown or its generation is over (it was evicted): from then on the
+    partitions it held are another member's. False when unknown (another
+    kafka-python). Checked against kafka-python 3.0.12.
+    """
+    generation = getattr(getattr(consumer, "_coordinator", None), "_generation", None)
+    generation_id = getattr(generation, "generation_id", None)
+    return generation_id is not None and generation_id < 0

@@ -745,8 +745,10 @@ class KafkaSource:
     def group_member(self) -> bool:
         """Sure to belong to the group's generation: partitions assigned, the coordinator
         known and a heartbeat answered since the last reset (see :meth:`_group_alive`)."""
-        return bool(self.assignment()) and kafka_internals.group_alive(
-            self._consumer, self._joined_at
+        return (
+            bool(self.assignment())
+            and kafka_internals.group_alive(self._consumer, self._joined_at)
+            and not kafka_internals.generation_reset(self._consumer)
         )
 
     def close(self, timeout_s: float = 10.0) -> None:
