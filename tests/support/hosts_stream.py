@@ -39,7 +39,8 @@ class HostFleet:
         self.next_id = 0
 
     def _event(self, h: int, x: np.ndarray, **extra) -> dict:
-        event = {"id": self.next_id, "host": self.names[h], **dict(zip(FIELDS, x.tolist()))}
+        values = dict(zip(FIELDS, x.tolist(), strict=True))
+        event = {"id": self.next_id, "host": self.names[h], **values}
         self.next_id += 1
         return {**event, **extra}
 
@@ -48,7 +49,7 @@ class HostFleet:
         hosts = np.repeat(np.arange(len(self.names)), per_host)
         self.rng.shuffle(hosts)
         X = self.levels[hosts] + self.noise[hosts] * self.rng.normal(size=(len(hosts), 3))
-        return [self._event(int(h), x) for h, x in zip(hosts, X)]
+        return [self._event(int(h), x) for h, x in zip(hosts, X, strict=True)]
 
     def host_anomalies(self) -> list[dict]:
         """One host anomaly per host: one field at the level of another host of its kind
