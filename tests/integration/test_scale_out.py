@@ -11,6 +11,7 @@ and finds the next round of host anomalies too.
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -150,3 +151,114 @@ def _cleanup_policy(bootstrap: str, topic: str) -> str | None:
         return None
     entry = configs.get("cleanup.policy")
     return None if entry is None else entry.value
+
+
+# ---------------------------------------------------------------------------
+# the state topic's guarantees
+
+
+def _units(broker, topics: dict) -> list:
+    """Every partition's unit as the state topic holds it (the daemon's own store)."""
+    from streamgmm.state_topic import StateStore
+
+    store = StateStore([broker.bootstrap], topics["state"], topics["events"])
+    try:
+        return [store.restore(p, 30.0) for p in range(PARTITIONS)]
+    finally:
+        store.close()
+
+
+def _committed(broker, group: str, topic: str) -> list[int | None]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group)
+    try:
+        return [consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)]
+    finally:
+        consumer.close(autocommit=False)
+
+
+def _wait_committed(broker, group: str, topic: str, sent: int, daemon) -> None:
+    """Until the group has committed every event sent (each read and checkpointed)."""
+    daemon.wait_until(
+        lambda: sum(o or 0 for o in _committed(broker, group, topic)) >= sent,
+        deadline_s=30,
+        what="every event committed",
+    )
+
+
+def _assert_learnt_once(broker, topics: dict, group: str, sent: int) -> None:
+    """Every event learnt exactly once by its partition's unit; each head is at the group's
+    committed offset (the last checkpoint wrote the state, then committed)."""
+    units = _units(broker, topics)
+    seen = [0 if u.head is None else int(u.head["n_seen"]) for u in units]
+    assert sum(seen) == sent, seen
+    assert [u.next_offset for u in units] == _committed(broker, group, topics["events"])
+    assert seen == [u.next_offset or 0 for u in units]  # offsets from 0: one event each
+
+
+def test_a_stalled_instance_does_not_overwrite_the_new_owners_state(
+    tmp_path, broker, unique, produce
+):
+    topics, group, settings = _setup(tmp_path, broker, unique)
+    fleet = HostFleet(N_HOSTS, seed=4)
+    first = _start(tmp_path, broker, topics, group, settings, "first")
+    second = _start(tmp_path, broker, topics, group, settings, "second")
+    for daemon in (first, second):
+        daemon.wait_until(lambda d=daemon: _restored(d), deadline_s=30, what="restored")
+    events = fleet.round(20)
+    _send(produce, topics["events"], events)
+    sent = len(events)
+    first.wait_until(_scored_all([first, second], sent), deadline_s=30, what="round read")
+    time.sleep(1.5)  # checkpointed
+    held = _restored(first)
+
+    events = fleet.round(10)
+    _send(produce, topics["events"], events)
+    sent += len(events)
+    time.sleep(0.3)  # stopped with events learnt and not yet written
+    first.process.send_signal(signal.SIGSTOP)  # past the session timeout (3 s)
+    try:
+        second.wait_until(
+            lambda: len(_restored(second)) >= PARTITIONS, deadline_s=30, what="take-over"
+        )
+        time.sleep(3.0)  # the new owner reads on and checkpoints its partitions (1 s)
+    finally:
+        first.process.send_signal(signal.SIGCONT)
+    first.wait_until(
+        lambda: any(r["message"].startswith("partitions lost") for r in first.log_records()),
+        deadline_s=20,
+        what="the stalled instance sees its partitions lost",
+    )
+    events = fleet.round(5)
+    _send(produce, topics["events"], events)
+    sent += len(events)
+    _wait_committed(broker, group, topics["events"], sent, second)
+    assert first.terminate() == 0, first.log_tail()
+    assert second.terminate() == 0, second.log_tail()
+    assert held, "the first instance held no partition"
+    _assert_learnt_once(broker, topics, group, sent)
+
+
+def test_three_instances_joining_while_one_restores(tmp_path, broker, unique, produce):
+    topics, group, settings = _setup(tmp_path, broker, unique)
+    fleet = HostFleet(N_HOSTS, seed=5)
+    first = _start(tmp_path, broker, topics, group, settings, "first")
+    events = fleet.round(30)
+    _send(produce, topics["events"], events)
+    sent = len(events)
+    first.wait_until(_scored_all([first], sent), deadline_s=40, what="first round")
+    time.sleep(1.5)
+    first.terminate()
+    first = _start(tmp_path, broker, topics, group, settings, "first-again")  # restores all
+    others = [_start(tmp_path, broker, topics, group, settings, f"joiner{i}") for i in (1, 2)]
+    daemons = [first, *others]
+    for daemon in daemons:
+        daemon.wait_until(lambda d=daemon: _restored(d), deadline_s=40, what="restored")
+    events = fleet.round(10)
+    _send(produce, topics["events"], events)
+    sent += len(events)
+    _wait_committed(broker, group, topics["events"], sent, first)
+    for daemon in daemons:
+        assert daemon.terminate() == 0, daemon.log_tail()
+    _assert_learnt_once(broker, topics, group, sent)
