@@ -42,6 +42,7 @@ def _setup(tmp_path, broker, unique, **overrides):
         "model__n_components": 3,
         "model__warmup": 200,
         "model__entity__enabled": True,
+        "model__entity__relevance": 0.5,  # helper A's measured choice
         "checkpoint__path": None,
         "checkpoint__topic": topics["state"],
         "checkpoint__interval_s": 1,
@@ -97,7 +98,7 @@ def test_two_processes_find_host_anomalies_before_and_after_one_is_killed(
     topics, group, settings = _setup(tmp_path, broker, unique)
     fleet = HostFleet(N_HOSTS, seed=3)
     first = _start(tmp_path, broker, topics, group, settings, "first")
-    warmup = fleet.round(40)
+    warmup = fleet.round(80)  # about 80 events a host before its own model is trusted
     _send(produce, topics["events"], warmup)
     sent = len(warmup)
     first.wait_until(_scored_all([first], sent), deadline_s=40, what="warm-up read")
