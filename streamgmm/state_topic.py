@@ -343,6 +343,11 @@ class StateStore:
             )
         records: list[tuple[bytes, bytes | None]] = []
         for entity, state in entities.items():
+            if not entity:
+                raise ValueError(
+                    "an entity with an empty key cannot be stored (its key would be the "
+                    "head's); treat empty keys as no entity"
+                )
             value = pack_state(
                 state,
                 kind=ENTITY_KIND,

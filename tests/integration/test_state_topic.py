@@ -243,3 +243,20 @@ def test_restore_of_an_uncompacted_topic_with_many_updates_per_entity(store):
         f"records/s, {restored.seconds / n_entities * 1e5 / updates:.2f} s per 100,000 "
         f"entity records); write {write_s:.1f} s"
     )
+
+
+def test_flush_is_bounded_and_the_store_writes_again_after_an_outage(broker, store):
+    s = store(request_timeout_ms=3000, delivery_timeout_ms=4000)
+    s.ensure_topic(1)
+    s.write(0, head(1.0), {"a": entity(1)}, [], next_offset=10)
+    assert s.flush(10)
+    with broker.paused():
+        time.sleep(0.2)  # let the stop reach every thread of the broker
+        s.write(0, head(2.0), {"a": entity(2)}, [], next_offset=20)
+        started = time.monotonic()
+        assert s.flush(1.5) is False
+        assert time.monotonic() - started < 4
+    s.write(0, head(3.0), {"a": entity(3)}, [], next_offset=30)  # a new producer
+    assert s.flush(20)
+    restored = store(topic=s.topic).restore(0, timeout_s=20)
+    assert restored.next_offset == 30 and restored.entities["a"]["events"] == 3
