@@ -430,6 +430,7 @@ class StateStore:
 
             options = _options(self.client, KafkaConsumer)
             options.setdefault("fetch_max_wait_ms", 20)
+            options.setdefault("bootstrap_timeout_ms", 10_000)
             options.setdefault("max_partition_fetch_bytes", 16 * 1024 * 1024)
             options.update(
                 bootstrap_servers=self.bootstrap_servers,
@@ -455,14 +456,29 @@ class StateStore:
             The partition could not be read to its end in ``timeout_s`` (retry).
         """
         from kafka import TopicPartition
+        from kafka.errors import KafkaTimeoutError
 
         started = time.monotonic()
         deadline = started + float(timeout_s)
         consumer = self._ensure_consumer()
         tp = TopicPartition(self.topic, int(partition))
+
+        def left_ms() -> int:
+            return max(1, int((deadline - time.monotonic()) * 1000))
+
+        def timed_out(position: Any, end: Any) -> TimeoutError:
+            return TimeoutError(
+                f"restoring partition {partition} of the state topic {self.topic!r}: read to "
+                f"offset {position} of {end} in {timeout_s:.1f} s; retry, or give the restore "
+                "more time"
+            )
+
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
+        try:
+            end = consumer.end_offsets([tp], timeout_ms=left_ms())[tp]
+        except KafkaTimeoutError as exc:
+            raise timed_out(None, None) from exc
         prefix = f"{self.input_topic}/{int(partition)}/".encode()
         head_key = prefix
         winners: dict[bytes, tuple[int, bytes | None]] = {}
@@ -501,15 +517,16 @@ class StateStore:
                 if best is None or carried >= best[0]:
                     winners[key] = (carried, value)
 
-        while consumer.position(tp) < end:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"restoring partition {partition} of the state topic {self.topic!r}: "
-                    f"read to offset {consumer.position(tp)} of {end} in {timeout_s:.1f} s; "
-                    "retry, or give the restore more time"
-                )
-            batch = consumer.poll(timeout_ms=int(min(remaining, 1.0) * 1000), max_records=50_000)
+        while True:
+            try:
+                position = consumer.position(tp, timeout_ms=left_ms())
+            except KafkaTimeoutError as exc:
+                raise timed_out(None, end) from exc
+            if position >= end:
+                break
+            if time.monotonic() >= deadline:
+                raise timed_out(position, end)
+            batch = consumer.poll(timeout_ms=min(left_ms(), 1000), max_records=50_000)
             for records in batch.values():
                 take(records)
         # Tansu may report the last batch's base offset + 1 as the end: take the rest

@@ -260,3 +260,19 @@ def test_flush_is_bounded_and_the_store_writes_again_after_an_outage(broker, sto
     assert s.flush(20)
     restored = store(topic=s.topic).restore(0, timeout_s=20)
     assert restored.next_offset == 30 and restored.entities["a"]["events"] == 3
+
+
+def test_a_restore_that_cannot_finish_in_time_says_so(broker, store):
+    s = store(request_timeout_ms=3000)
+    s.ensure_topic(1)
+    s.write(0, head(1.0), {"a": entity(1)}, [], next_offset=10)
+    assert s.flush(10)
+    reader = store(topic=s.topic)
+    reader.restore(0, timeout_s=20)  # connected; now the broker stops answering
+    with broker.paused():
+        time.sleep(0.2)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="retry"):
+            reader.restore(0, timeout_s=1.5)
+        assert time.monotonic() - started < 5
+    assert reader.restore(0, timeout_s=20).next_offset == 10
