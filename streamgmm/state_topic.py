@@ -202,6 +202,7 @@ class StateStore:
         self._producer: Any = None
         self._consumer: Any = None
         self._futures: list[Any] = []
+        self._write_error: str | None = None
 
     # -- keys -------------------------------------------------------------------------
 
@@ -297,6 +298,7 @@ class StateStore:
             options.setdefault("enable_idempotence", False)
             options.setdefault("linger_ms", 5)
             options.setdefault("batch_size", 256 * 1024)
+            options.setdefault("max_block_ms", 10_000)  # send() waiting for metadata
             options.update(bootstrap_servers=self.bootstrap_servers, acks="all")
             self._producer = KafkaProducer(**options)
         return self._producer
@@ -319,13 +321,18 @@ class StateStore:
         """Produce one unit's changed entities, tombstones for ``removed``, then its head.
 
         Not flushed: call :meth:`flush` before committing input offsets. Every
-        record carries ``next_offset``. Returns (records, bytes) produced.
+        record carries ``next_offset``. Returns (records, bytes) produced. When
+        Kafka cannot be reached (no broker, no metadata within the producer's
+        ``max_block_ms``, 10 s unless set) the error is logged, what was sent
+        is counted, and the next :meth:`flush` returns False.
 
         Raises
         ------
         StateTopicError
             A record is larger than the producer's max_request_size (nothing of
             the unit is sent then).
+        ValueError
+            An entity key is empty (it would be the head's key).
         """
         limit = self._max_request_size() - _RECORD_OVERHEAD
         offset_header = [(OFFSET_HEADER, _OFFSET.pack(int(next_offset)))]
@@ -365,20 +372,34 @@ class StateStore:
         records.extend((self.entity_key(partition, entity), None) for entity in removed)
         records.append((self.head_key(partition), head_value))
 
-        producer = self._ensure_producer()
-        written = 0
-        for key, value in records:
-            self._futures.append(
-                producer.send(
-                    self.topic,
-                    key=key,
-                    value=value,
-                    partition=int(partition),
-                    headers=offset_header,
+        from kafka.errors import KafkaError
+
+        written = sent = 0
+        try:
+            producer = self._ensure_producer()
+            for key, value in records:
+                self._futures.append(
+                    producer.send(
+                        self.topic,
+                        key=key,
+                        value=value,
+                        partition=int(partition),
+                        headers=offset_header,
+                    )
                 )
+                sent += 1
+                written += len(key) + (len(value) if value is not None else 0)
+        except KafkaError as exc:  # no broker, metadata timeout: the next flush says False
+            self._write_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "state topic %s: cannot produce the state of partition %d (%s); it is written "
+                "again at the next checkpoint",
+                self.topic,
+                partition,
+                self._write_error,
             )
-            written += len(key) + (len(value) if value is not None else 0)
-        return len(records), written
+            self._drop_producer()
+        return sent, written
 
     def flush(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for every record written; True when all were acknowledged.
@@ -386,10 +407,12 @@ class StateStore:
         On False (a timeout or a failed record) the producer is dropped and built
         again on the next write; the caller must not commit input offsets.
         """
-        if self._producer is None:
-            return not self._futures
         from kafka.errors import KafkaError
 
+        error, self._write_error = self._write_error, None
+        if self._producer is None:
+            self._futures = []
+            return error is None
         futures, self._futures = self._futures, []
         try:
             self._producer.flush(timeout=max(0.0, float(timeout_s)))
@@ -401,6 +424,9 @@ class StateStore:
             return False
         failed = [f.exception for f in futures if f.is_done and f.failed()]
         pending = sum(1 for f in futures if not f.is_done)
+        if error is not None:
+            log.error("state topic %s: a write failed since the last flush: %s", self.topic, error)
+            return False
         if failed or pending:
             log.error(
                 "state topic %s: %d state records failed (first: %s), %d unacknowledged; "

@@ -97,3 +97,22 @@ def test_each_client_takes_only_the_options_it_knows():
     assert consumer["session_timeout_ms"] == 3000 and "linger_ms" not in consumer
     admin = _options(client, KafkaAdminClient)
     assert admin["security_protocol"] == "SSL" and "linger_ms" not in admin
+
+
+def test_a_write_without_a_broker_is_logged_and_the_flush_says_false(caplog):
+    from tests.support.ports import free_port
+
+    store = StateStore(
+        f"127.0.0.1:{free_port()}",
+        "s",
+        "events",
+        client={"max_block_ms": 300, "bootstrap_timeout_ms": 300},
+    )
+    try:
+        with caplog.at_level(logging.ERROR, logger="streamgmm.state_topic"):
+            assert store.write(0, {"x": 1}, {"a": {"n": 1}}, [], next_offset=1) == (0, 0)
+            assert store.flush(1) is False
+        assert "cannot produce the state of partition 0" in caplog.text
+        assert store.flush(1) is True  # nothing written since
+    finally:
+        store.close()
