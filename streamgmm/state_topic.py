@@ -507,6 +507,7 @@ class StateStore:
             raise timed_out(None, None) from exc
         prefix = f"{self.input_topic}/{int(partition)}/".encode()
         head_key = prefix
+        check_fingerprint = self.fingerprint is not None
         winners: dict[bytes, tuple[int, bytes | None]] = {}
         n_records = n_bytes = rejected = foreign = 0
         first_rejection: str | None = None
@@ -533,7 +534,11 @@ class StateStore:
                         rejected += 1
                         first_rejection = first_rejection or f"{key!r} at {record.offset}: {exc}"
                         continue
-                    if header.fingerprint_crc != self._fingerprint_crc and key != head_key:
+                    if (
+                        check_fingerprint
+                        and header.fingerprint_crc != self._fingerprint_crc
+                        and key != head_key  # the head's mismatch is explained below
+                    ):
                         rejected += 1
                         first_rejection = first_rejection or (
                             f"{key!r} at {record.offset}: written for another configuration"

@@ -276,3 +276,17 @@ def test_a_restore_that_cannot_finish_in_time_says_so(broker, store):
             reader.restore(0, timeout_s=1.5)
         assert time.monotonic() - started < 5
     assert reader.restore(0, timeout_s=20).next_offset == 10
+
+
+def test_entities_of_another_configuration_are_skipped_unless_none_is_checked(store):
+    s = store()
+    s.ensure_topic(1)
+    s.write(0, head(1.0), {"a": entity(1)}, [], next_offset=10)
+    assert s.flush(10)
+    other = store(topic=s.topic, fingerprint={**FINGERPRINT, "fields": ["c"]})
+    other.write(0, head(2.0), {"b": entity(2)}, [], next_offset=5)  # its head loses: older
+    assert other.flush(10)
+    restored = store(topic=s.topic).restore(0, timeout_s=20)
+    assert set(restored.entities) == {"a"} and restored.rejected == 1
+    unchecked = store(topic=s.topic, fingerprint=None).restore(0, timeout_s=20)
+    assert set(unchecked.entities) == {"a", "b"} and unchecked.rejected == 0
