@@ -14,6 +14,28 @@ one, never a mixture. The temporary file a crash left behind is deleted by
 the next write of the same target, and by :func:`remove_leftovers` (the
 daemon calls it when it starts).
 
+The same states also travel as single byte strings, one Kafka record each
+(:func:`pack_state` / :func:`unpack_state`, used by the compacted state topic
+of :mod:`streamgmm.state_topic`). Both forms describe a state the same way:
+:func:`_split` turns the nested dict into a JSON tree whose arrays are
+replaced by ``{"__array__": path}`` plus a flat dict of arrays, and
+:func:`_join` puts it back. A record is built for speed on small states
+(one per entity, 100,000 per partition):
+
+========  =====  ==========================================================
+bytes     type   field
+========  =====  ==========================================================
+0-3       4s     magic ``b"SGMS"``
+4-5       <H     record format version (:data:`RECORD_VERSION`)
+6-9       <I     CRC-32 of every byte after this field
+10-17     <q     next_offset: the input offset the state has learnt up to
+18-21     <I     CRC-32 of the fingerprint's canonical JSON (0: none)
+22-25     <I     length of the JSON metadata
+26-       bytes  metadata (UTF-8 JSON): kind, values tree, array table
+                 ``[[path, dtype, shape], ...]`` (and the head's full fingerprint)
+...       bytes  the arrays' raw bytes, in the table's order
+========  =====  ==========================================================
+
 Examples
 --------
 >>> import tempfile, os, numpy as np
@@ -36,8 +58,11 @@ import hashlib
 import io
 import json
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -108,6 +133,214 @@ def _checksum(arrays: dict[str, np.ndarray], meta_without_checksum: dict) -> str
         digest.update(str(array.shape).encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def fingerprint_difference(saved: dict[str, Any], expected: dict[str, Any], where: str) -> str:
+    """``"fields: file ['a'] vs config ['b'], ..."``: the keys on which two fingerprints differ."""
+    diffs = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
+    return ", ".join(f"{k}: {where} {saved.get(k)!r} vs config {expected.get(k)!r}" for k in diffs)
+
+
+# ---------------------------------------------------------------------------
+# one state as one byte string (a Kafka record's value)
+
+RECORD_VERSION = 1
+RECORD_MAGIC = b"SGMS"
+_HEADER = struct.Struct(
+    "<4sHIqII"
+)  # magic, version, crc32, next_offset, fingerprint crc, meta length
+_CRC_FROM = 10  # the CRC covers every byte after its own field
+
+
+@dataclass(frozen=True)
+class RecordHeader:
+    """What a record says about itself before its state is decoded.
+
+    Attributes
+    ----------
+    version : int
+        Record format version.
+    next_offset : int
+        The input offset the state has learnt up to (-1: none given).
+    fingerprint_crc : int
+        CRC-32 of the configuration fingerprint the state is valid for (0: none).
+    """
+
+    version: int
+    next_offset: int
+    fingerprint_crc: int
+
+
+def fingerprint_crc(fingerprint: dict[str, Any] | None) -> int:
+    """CRC-32 of a fingerprint's canonical JSON (0 for none); stored in every record.
+
+    >>> fingerprint_crc({"b": 1, "a": 2}) == fingerprint_crc({"a": 2, "b": 1})
+    True
+    """
+    if not fingerprint:
+        return 0
+    text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
+    return zlib.crc32(text.encode()) or 1
+
+
+def pack_state(
+    state: dict[str, Any],
+    *,
+    kind: str,
+    next_offset: int = -1,
+    fingerprint: dict[str, Any] | None = None,
+    describe_fingerprint: bool = True,
+) -> bytes:
+    """``state`` (nested dict of numpy arrays and JSON values) as one checksummed byte string.
+
+    Parameters
+    ----------
+    state
+        Nested dict; arrays of numeric (or fixed-width string) dtypes, no objects.
+    kind
+        What the record holds (``"head"``, ``"entity"``); checked by :func:`unpack_state`.
+    next_offset
+        The input offset the state has learnt up to; readable with :func:`read_header`
+        without decoding the state.
+    fingerprint
+        The configuration the state is valid for. Its CRC-32 is always stored; the
+        whole dict too when ``describe_fingerprint`` (so a mismatch can be explained),
+        which small per-entity records skip.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> data = pack_state({"n": np.arange(3, dtype=np.float32), "seen": 4}, kind="entity",
+    ...                   next_offset=17)
+    >>> state, header = unpack_state(data, kind="entity")
+    >>> state["n"].tolist(), state["seen"], header.next_offset
+    ([0.0, 1.0, 2.0], 4, 17)
+    """
+    arrays, values = _split(state)
+    table = []
+    chunks: list[Any] = []
+    for path, array in arrays.items():
+        array = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d 1-d)
+        if array.dtype.fields is not None or array.dtype.hasobject:
+            raise TypeError(f"state entry {path!r} has dtype {array.dtype}; it cannot be saved")
+        table.append([path, array.dtype.str, list(array.shape)])
+        chunks.append(array.data.cast("B") if array.size else b"")
+    meta: dict[str, Any] = {"kind": kind, "values": values, "arrays": table}
+    if fingerprint and describe_fingerprint:
+        meta["fingerprint"] = fingerprint
+    try:
+        meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
+    except TypeError as exc:
+        raise TypeError(f"state holds a value that is neither an array nor JSON: {exc}") from exc
+    body = b"".join(
+        [
+            struct.pack("<qII", int(next_offset), fingerprint_crc(fingerprint), len(meta_bytes)),
+            meta_bytes,
+            *chunks,
+        ]
+    )
+    return RECORD_MAGIC + struct.pack("<HI", RECORD_VERSION, zlib.crc32(body)) + body
+
+
+def read_header(data: bytes) -> RecordHeader:
+    """Check a record's magic, version and CRC-32, and return its header.
+
+    Cheap (no JSON, no arrays): the state topic's restore calls it on every
+    record and decodes only the winners.
+
+    Raises
+    ------
+    CheckpointCorruptError
+        Not a streamgmm record, truncated, or a byte changed since it was written.
+    CheckpointMismatchError
+        Intact but of another record format version.
+    """
+    if len(data) < _HEADER.size or data[:4] != RECORD_MAGIC:
+        raise CheckpointCorruptError(
+            f"not a streamgmm state record ({len(data)} bytes, starting {bytes(data[:4])!r})"
+        )
+    _, version, crc, next_offset, fp_crc, _meta_len = _HEADER.unpack_from(data)
+    if version != RECORD_VERSION:
+        raise CheckpointMismatchError(
+            f"state record format version {version}, this streamgmm reads version "
+            f"{RECORD_VERSION}; run the streamgmm release that wrote it, or start from a new "
+            "state topic"
+        )
+    if zlib.crc32(memoryview(data)[_CRC_FROM:]) != crc:
+        raise CheckpointCorruptError(
+            "state record fails its CRC-32: it was damaged or modified after it was written"
+        )
+    return RecordHeader(version, next_offset, fp_crc)
+
+
+def unpack_state(
+    data: bytes,
+    *,
+    kind: str | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    verify: bool = True,
+) -> tuple[dict[str, Any], RecordHeader]:
+    """Decode a record written by :func:`pack_state`, verifying it first.
+
+    ``fingerprint`` (when given) must match the one the record was written
+    with; ``verify=False`` skips the CRC for a record :func:`read_header`
+    already checked. The arrays returned are writable copies.
+
+    Raises
+    ------
+    CheckpointCorruptError
+        Truncated, damaged or not a record (the state is never returned half).
+    CheckpointMismatchError
+        Intact but of another format version, kind or configuration.
+    """
+    if verify:
+        header = read_header(data)
+    else:
+        _, version, _, next_offset, fp_crc, _ = _HEADER.unpack_from(data)
+        header = RecordHeader(version, next_offset, fp_crc)
+    meta_len = _HEADER.unpack_from(data)[5]
+    start = _HEADER.size
+    try:
+        meta = json.loads(bytes(data[start : start + meta_len]))
+        offset = start + meta_len
+        arrays = {}
+        for path, dtype, shape in meta["arrays"]:
+            dtype = np.dtype(dtype)
+            count = 1
+            for n in shape:
+                count *= int(n)
+            end = offset + count * dtype.itemsize
+            if end > len(data) or dtype.hasobject:
+                raise ValueError(f"array {path!r} runs past the record's end")
+            if count:
+                array = np.frombuffer(data, dtype, count, offset).reshape(tuple(shape)).copy()
+            else:
+                array = np.empty(tuple(shape), dtype)
+            arrays[path] = array
+            offset = end
+        if offset != len(data):
+            raise ValueError(f"{len(data) - offset} bytes left over after the arrays")
+        record_kind = meta["kind"]
+        state = _join(meta["values"], arrays)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise CheckpointCorruptError(
+            f"state record cannot be decoded ({type(exc).__name__}: {exc})"
+        ) from exc
+    if kind is not None and record_kind != kind:
+        raise CheckpointMismatchError(
+            f"state record holds a {record_kind!r} state, expected {kind!r}"
+        )
+    if fingerprint is not None and header.fingerprint_crc != fingerprint_crc(fingerprint):
+        saved = meta.get("fingerprint")
+        detail = (
+            fingerprint_difference(saved, fingerprint, "record")
+            if isinstance(saved, dict)
+            else "its fingerprint differs"
+        )
+        raise CheckpointMismatchError(
+            f"state record was written for another configuration ({detail})"
+        )
+    return state, header
 
 
 # ---------------------------------------------------------------------------
@@ -346,13 +579,7 @@ def load_state(
             f"{path} holds a {meta.get('kind')!r} state, expected {kind!r}"
         )
     if fingerprint is not None and meta.get("fingerprint") != fingerprint:
-        saved = meta.get("fingerprint") or {}
-        diffs = sorted(
-            k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
-        )
-        detail = ", ".join(
-            f"{k}: file {saved.get(k)!r} vs config {fingerprint.get(k)!r}" for k in diffs
-        )
+        detail = fingerprint_difference(meta.get("fingerprint") or {}, fingerprint, "file")
         raise CheckpointMismatchError(
             f"{path} was written for another configuration ({detail}); restore the old "
             "configuration, point checkpoint.path elsewhere, or set "
