@@ -76,6 +76,7 @@ from .offsets import Offsets
 from .records import MODEL_ERROR, encode_dead_letter, encode_score_records, outlier_records
 from .sinks import SendHandle, Sink, sink_from_config
 from .sources import Source, SourceError, TopicPartition, next_offsets, source_from_config
+from .state_topic import StateStore, StateTopicError
 from .status import Status
 from .threshold import Threshold, make_threshold
 from .units import Unit, Units, merge_results
@@ -225,10 +226,8 @@ def _refuse_or_fresh(
     return fresh
 
 
-def state_store(config: Config) -> Any:
+def state_store(config: Config) -> StateStore:
     """The state topic's store (``checkpoint.topic``); no I/O until it is used."""
-    from .state_topic import StateStore
-
     k = config.source.kafka
     return StateStore(
         k.bootstrap_servers,
@@ -301,7 +300,7 @@ class Daemon:
         source: Source,
         sink: Sink,
         units: Units | None = None,
-        store: Any = None,
+        store: StateStore | None = None,
         offsets: Offsets | None = None,
         metrics: Metrics | None = None,
         health: Health | None = None,
@@ -1176,11 +1175,9 @@ class Daemon:
             for tp in pending:
                 self._restore_unit(tp, committed)
                 self.status.tick()
-        except FatalError:
-            raise
+        except StateTopicError as exc:
+            raise FatalError(f"checkpoint.topic: {exc}") from exc
         except Exception as exc:
-            if type(exc).__name__ == "StateTopicError":
-                raise FatalError(f"checkpoint.topic: {exc}") from exc
             self.metrics.broker_errors_total.labels(operation="poll").inc()
             self._sleep_backoff(
                 f"cannot restore the state of partitions {[tp.partition for tp in pending]} "
@@ -1225,6 +1222,7 @@ class Daemon:
                     "bytes": restored.bytes,
                     "records": restored.records,
                     "entities": len(restored.entities),
+                    "rejected": restored.rejected,
                     "events_seen": detector.n_seen,
                     "state_offset": restored.next_offset,
                     "committed": committed.get(tp),
