@@ -1197,10 +1197,19 @@ class Daemon:
         restored = self.store.restore(tp.partition, RESTORE_TIMEOUT_S)
         if restored.head is not None:
             detector = Detector.from_state(restored.head)
+            if self.config.model.entity.enabled and restored.entities:
+                detector.load_entities(restored.entities, restored.learn_from)
         else:
             detector = self.units.build()
-        if self.config.model.entity.enabled and restored.entities:
-            detector.load_entities(restored.entities, restored.learn_from)
+            if restored.entities:  # the first write of this unit was cut short
+                log.warning(
+                    "partition %d: %d entity records but no head in %s (the unit's first "
+                    "state write was interrupted): they are ignored and the partition is "
+                    "learnt again from the group's committed offset",
+                    tp.partition,
+                    len(restored.entities),
+                    self.config.checkpoint.topic,
+                )
         self.units.add(tp, detector)
         if restored.next_offset is not None:
             self.offsets.positions[tp] = int(restored.next_offset)

@@ -14,6 +14,7 @@ import json
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from tests.support.hosts_stream import FIELDS, HostFleet
@@ -263,3 +264,82 @@ def test_three_instances_joining_while_one_restores(tmp_path, broker, unique, pr
     for daemon in daemons:
         assert daemon.terminate() == 0, daemon.log_tail()
     _assert_learnt_once(broker, topics, group, sent)
+
+
+def _state_end(broker, topic: str) -> int:
+    """Records in the state topic so far (0 before the daemon created it)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    if broker.partition_counts([topic]).get(topic, 0) == 0:
+        return 0
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        return sum(consumer.end_offsets(tps).values())
+    finally:
+        consumer.close()
+
+
+def _kill_inside_a_write(broker, topics: dict, daemon: DaemonProcess) -> None:
+    """SIGKILL the daemon just after its state records start to arrive (a write begun)."""
+    before = _state_end(broker, topics["state"])
+    deadline = time.monotonic() + 30
+    while _state_end(broker, topics["state"]) == before:
+        assert time.monotonic() < deadline, daemon.log_tail()
+        assert daemon.process.poll() is None, daemon.log_tail()
+    time.sleep(0.02)
+    daemon.kill()
+
+
+def test_sigkill_inside_a_state_write_loses_and_repeats_no_entity_learning(
+    tmp_path, broker, unique, produce, read_all
+):
+    """Many entities, so a checkpoint writes thousands of records; killed inside one, the
+    restarted daemon restores entities ahead of their head and learns no event twice:
+    every entity's count of events learnt is that of one uninterrupted model."""
+    from streamgmm.config import load_config
+    from streamgmm.daemon import build_detector
+
+    topics, group, settings = _setup(
+        tmp_path, broker, unique, model__learn_from_outliers=True, model__entity__min_events=2
+    )
+    fleet = HostFleet(20_000, seed=6)
+    events = fleet.round(3)
+    _send(produce, topics["events"], events)
+    sent = len(events)
+    inside = False
+    for attempt in range(3):
+        daemon = _start(tmp_path, broker, topics, group, settings, f"killed{attempt}")
+        _kill_inside_a_write(broker, topics, daemon)
+        units = _units(broker, topics)
+        inside = any(u.learn_from for u in units)
+        if inside:
+            break
+    assert inside, "no kill landed inside a state write"
+    ahead = sum(len(u.learn_from) for u in units)
+    print(f"killed inside a write: {ahead} entity records ahead of their head")
+
+    restarted = _start(tmp_path, broker, topics, group, settings, "restarted")
+    _wait_committed(broker, group, topics["events"], sent, restarted)
+    assert restarted.terminate() == 0, restarted.log_tail()
+    _assert_learnt_once(broker, topics, group, sent)
+
+    config = load_config(tmp_path / "restarted" / "streamgmm.yaml")
+    records = sorted(read_all(topics["events"], sent), key=lambda r: (r.partition, r.offset))
+    expected: dict[str, int] = {}
+    for p in range(PARTITIONS):
+        rows = [json.loads(r.value) for r in records if r.partition == p]
+        reference = build_detector(config)
+        reference.process(
+            np.array([[e[f] for f in FIELDS] for e in rows]),
+            keys=[e["host"] for e in rows],
+            offsets=np.arange(len(rows)),
+        )
+        changed, _ = reference.entity_changes()
+        expected.update({key: int(state["count"]) for key, state in changed.items()})
+    learnt = {
+        key: int(state["count"])
+        for unit in _units(broker, topics)
+        for key, state in unit.entities.items()
+    }
+    assert learnt == expected
