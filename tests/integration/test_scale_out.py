@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 
 import numpy as np
@@ -281,7 +282,13 @@ def _state_end(broker, topic: str) -> int:
 
 
 def _kill_inside_a_write(broker, topics: dict, daemon: DaemonProcess) -> None:
-    """SIGKILL the daemon just after its state records start to arrive (a write begun)."""
+    """SIGKILL the daemon just after the records of a state write start to arrive, once a
+    first checkpoint has written the heads."""
+    daemon.wait_until(
+        lambda: daemon.metric("streamgmm_state_records_written_total") > 0,
+        deadline_s=30,
+        what="a first checkpoint",
+    )
     before = _state_end(broker, topics["state"])
     deadline = time.monotonic() + 30
     while _state_end(broker, topics["state"]) == before:
@@ -304,15 +311,23 @@ def test_sigkill_inside_a_state_write_loses_and_repeats_no_entity_learning(
         tmp_path, broker, unique, model__learn_from_outliers=True, model__entity__min_events=2
     )
     fleet = HostFleet(20_000, seed=6)
-    events = fleet.round(3)
-    _send(produce, topics["events"], events)
-    sent = len(events)
+    sent = 0
     inside = False
     for attempt in range(3):
+        events = fleet.round(1)
+        _send(produce, topics["events"], events)
+        sent += len(events)
         daemon = _start(tmp_path, broker, topics, group, settings, f"killed{attempt}")
-        _kill_inside_a_write(broker, topics, daemon)
+        more = fleet.round(2)  # arriving while the daemon checkpoints
+        sender = threading.Thread(target=_send, args=(produce, topics["events"], more))
+        sender.start()
+        try:
+            _kill_inside_a_write(broker, topics, daemon)
+        finally:
+            sender.join()
+        sent += len(more)
         units = _units(broker, topics)
-        inside = any(u.learn_from for u in units)
+        inside = any(u.head is not None and u.learn_from for u in units)
         if inside:
             break
     assert inside, "no kill landed inside a state write"
