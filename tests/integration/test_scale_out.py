@@ -358,3 +358,38 @@ def test_sigkill_inside_a_state_write_loses_and_repeats_no_entity_learning(
         for key, state in unit.entities.items()
     }
     assert learnt == expected
+
+
+def test_an_entity_in_two_partitions_is_counted_and_the_state_metrics_move(
+    tmp_path, broker, unique, produce
+):
+    topics, group, settings = _setup(tmp_path, broker, unique, model__warmup=50)
+    fleet = HostFleet(30, seed=7)
+    daemon = _start(tmp_path, broker, topics, group, settings, "only")
+    events = fleet.round(100)
+    _send(produce, topics["events"], events)
+    roaming = [{**e, "host": "roaming"} for e in fleet.round(1)[:4]]
+    for partition, pair in ((0, roaming[:2]), (1, roaming[2:])):
+        values = [json.dumps(e).encode() for e in pair]
+        produce(topics["events"], values, partition=partition, keys=[b"roaming"] * 2)
+    total = len(events) + len(roaming)
+    daemon.wait_until(_scored_all([daemon], total), deadline_s=30, what="every event read")
+    daemon.wait_until(
+        lambda: daemon.metric("streamgmm_state_records_written_total") > 12,
+        deadline_s=10,
+        what="a checkpoint of the entities",
+    )
+    assert daemon.metric("streamgmm_entities_split_total") == 1
+    assert any(
+        "roaming" in r["message"] and "key the producer by the entity" in r["message"]
+        for r in daemon.log_records()
+    )
+    assert 12 < daemon.metric("streamgmm_entities") <= 31  # learnt once a micro-batch ends
+    assert daemon.metric("streamgmm_entities_max") == PARTITIONS * 1_000_000
+    assert daemon.metric("streamgmm_state_bytes_written_total") > 0
+    restored = [
+        line for line in daemon.metrics_text().splitlines()
+        if line.startswith("streamgmm_state_restore_seconds{")
+    ]  # fmt: skip
+    assert len(restored) == PARTITIONS
+    assert daemon.terminate() == 0, daemon.log_tail()
