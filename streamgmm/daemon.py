@@ -903,6 +903,7 @@ class Daemon:
         4. Commit its offsets to the group.
         """
         self._finish_batches()  # 1
+        self._expire_idle()
         self._last_checkpoint = time.monotonic()
         if not self._flush(FLUSH_TIMEOUT_S):  # 2
             self._report_failures()
@@ -917,6 +918,19 @@ class Daemon:
         if not written:  # 3
             return False
         return self._commit(reason)  # 4
+
+    def _expire_idle(self) -> None:
+        """Drop the entities idle longer than ``model.entity.idle_ttl_s`` (their removal is
+        written as tombstones by this checkpoint); counted as evictions (idle)."""
+        entity = self.config.model.entity
+        if not entity.enabled or entity.idle_ttl_s is None:
+            return
+        now = time.time()
+        for unit in self.units:
+            if unit.detector.expire_idle(now):
+                unit.dirty = True
+                self._dirty = True
+        self._publish_model_metrics(None)
 
     def _write_state(self) -> bool:
         """Each owned unit's changed entities and head, with its next offset, to the state

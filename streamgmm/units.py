@@ -95,6 +95,7 @@ class Units:
         #: units of partitions revoked in an (eager) rebalance, with the position they
         #: were written at: reused when the same partition comes back unmoved
         self.retained: dict[TopicPartition, tuple[Unit, int | None]] = {}
+        self._warmup: int | None = None
 
     @classmethod
     def shared(cls, detector: Detector) -> Units:
@@ -184,7 +185,11 @@ class Units:
     @property
     def warmup(self) -> int:
         units = list(self)
-        return units[0].detector.warmup if units else self.build().warmup
+        if units:
+            return units[0].detector.warmup
+        if self._warmup is None:
+            self._warmup = self.build().warmup
+        return self._warmup
 
     def entities_held(self) -> int:
         return sum(len(getattr(u.detector, "entities", ())) for u in self)
