@@ -309,7 +309,7 @@ class Detector:
         n_init: int = MODEL_DEFAULTS.n_init,
         random_state: int | None = MODEL_DEFAULTS.random_state,
         min_entity_events: int = 20,
-        relevance: float = 8.0,
+        relevance: float = 0.5,
         max_entities: int = 1_000_000,
         idle_ttl_s: float | None = None,
     ):

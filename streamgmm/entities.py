@@ -119,6 +119,7 @@ class EntityTable:
             setattr(self, name, np.zeros(capacity, dtype=dtype))
         self.learn_from[:] = NO_LIMIT
         self.dirty = np.zeros(capacity, dtype=bool)
+        self.saved = np.zeros(capacity, dtype=bool)  # in the store: its removal is written
         self.keys: list[str | None] = [None] * capacity
         self._free: list[int] = []
         self._top = 0  # rows at or above it were never used
@@ -128,7 +129,7 @@ class EntityTable:
         return len(self.keys)
 
     def _arrays(self) -> list[str]:
-        return ["n", "m1", "m2", *_SCALARS, "dirty"]
+        return ["n", "m1", "m2", *_SCALARS, "dirty", "saved"]
 
     def _grow(self, needed: int) -> None:
         capacity = self.capacity
@@ -215,7 +216,8 @@ class EntityTable:
                 continue
             del self.index[key]
             self.keys[row] = None
-            self._removed.add(key)
+            if self.saved[row]:  # a key never saved needs no tombstone
+                self._removed.add(key)
             self._free.append(row)
         self._clear(rows)
         if reason is not None:
@@ -415,6 +417,7 @@ class EntityTable:
             if name in state:
                 getattr(self, name)[row] = np.asarray(state[name], dtype=dtype)
         self.dirty[row] = False
+        self.saved[row] = True
         return row
 
     def changes(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -423,6 +426,7 @@ class EntityTable:
         return changed, sorted(self._removed)
 
     def mark_saved(self) -> None:
+        self.saved[self.occupied()] = True
         self.dirty[:] = False
         self._removed.clear()
 
@@ -449,6 +453,7 @@ class EntityTable:
             getattr(self, name)[:E] = np.asarray(state[name])
         self.index = dict(zip(keys, range(E), strict=True))
         self.keys[:E] = keys
+        self.saved[:E] = True  # as far as we know: their removal is written
         self._top = E
 
 
