@@ -275,3 +275,35 @@ def test_a_regime_change_with_keys_keeps_scoring():
     assert detector.n_regime_changes >= 1
     assert detector.entities.n.shape[1] == detector.model.n_components_ >= k
     assert np.isfinite(result.score).all()
+
+
+def test_score_per_entity_and_inspect_the_entities(tmp_path, capsys):
+    import json
+
+    from streamgmm.cli import main
+
+    s = host_stream(12_000, n_hosts=40, d=3, seed=6)
+    events = tmp_path / "hosts.jsonl"
+    with events.open("w") as f:
+        for key, x in zip(s.keys, s.X.tolist(), strict=True):
+            f.write(json.dumps({"host": key, "a": x[0], "b": x[1], "c": x[2]}) + "\n")
+    outputs = {}
+    for flag in ([], ["--entities"]):
+        out = tmp_path / f"scored{len(flag)}.jsonl"
+        checkpoint = tmp_path / f"model{len(flag)}.npz"
+        argv = ["score", str(events), "--fields", "a,b,c", "--key", "host", "-o", str(out)]
+        assert main([*argv, *flag, "--checkpoint", str(checkpoint)]) == 0
+        outputs[bool(flag)] = [json.loads(line)["score"] for line in out.read_text().splitlines()]
+    keyed, keyless = np.array(outputs[True]), np.array(outputs[False])
+    assert len(keyed) == len(keyless) == len(s.X)
+    late = (np.arange(len(s.X)) > 3000) & (s.kind != 2)
+    truth = s.kind[late] == 1
+    assert roc_auc_score(truth, keyed[late]) > roc_auc_score(truth, keyless[late]) + 0.15
+    assert main(["inspect", str(tmp_path / "model1.npz")]) == 0
+    text = capsys.readouterr().out
+    assert "entities: 40  evicted: 0 (cap), 0 (idle)" in text and "host-" in text
+    assert main(["inspect", "--json", str(tmp_path / "model0.npz")]) == 0
+    assert json.loads(capsys.readouterr().out)["entities"] == 0
+    bad = ["score", str(events), "--fields", "a,b,c", "--entities"]
+    assert main(bad) == 2
+    assert "--key" in capsys.readouterr().err
