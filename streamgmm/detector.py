@@ -551,36 +551,28 @@ class Detector:
         ``entity``: (keys (n,) str, has_key (n,) bool, offsets (n,) int64) or None."""
         Z, huge = self._standardised(X)
         evaluation = self.model.evaluate(Z)
+        if entity is not None:
+            return self._score_keyed_rows(Z, huge, evaluation, entity)
         explanation = self.model.explain(Z, evaluation)
         log_likelihood = evaluation.log_likelihood - self.standardizer.log_scale_sum
         score = -log_likelihood
         outlier = self.threshold.flag(score, explanation["mahalanobis"] ** 2) | huge
-        responsibilities = evaluation.responsibilities
-        threshold = np.full(len(X), self.threshold.value)
-        population_outlier = None
-        if entity is not None:
-            population_outlier = outlier
-            rows = self._scoring_rows(*entity[:2])
-            use = rows >= 0
-            if use.any():
-                log_likelihood, responsibilities, explanation = self._entity_scores(
-                    Z, rows, log_likelihood, responsibilities, explanation
-                )
-                score = -log_likelihood
-                own = self.entity_threshold.flag(score[use], explanation["mahalanobis"][use] ** 2)
-                outlier = outlier.copy()
-                outlier[use] = own | huge[use]
-                threshold[use] = self.entity_threshold.value
-            entity = (use, *entity)
-        self._pending.append(
-            _Scored(Z, evaluation, outlier, score, huge, population_outlier, *(entity or ()))
+        self._pending.append(_Scored(Z, evaluation, outlier, score, huge))
+        return self._result(
+            log_likelihood,
+            np.full(len(X), self.threshold.value),
+            outlier,
+            evaluation.responsibilities,
+            explanation,
         )
+
+    def _result(self, log_likelihood, threshold, outlier, responsibilities, explanation):
         return BatchResult(
             log_likelihood=log_likelihood,
-            score=score,
+            score=-log_likelihood,
             threshold=threshold,
             is_outlier=outlier,
-            is_warmup=np.zeros(len(X), dtype=bool),
+            is_warmup=np.zeros(len(outlier), dtype=bool),
             component=explanation["component"],
             responsibilities=responsibilities,
             mahalanobis=explanation["mahalanobis"],
@@ -588,6 +580,47 @@ class Detector:
             surprise=explanation["surprise"],
             expected=explanation["expected"] * self.standardizer.scale + self.standardizer.mean,
         )
+
+    def _score_keyed_rows(self, Z, huge, evaluation, entity) -> BatchResult:
+        """``_score_rows`` with keys: the events of entities with enough events learnt under
+        their adapted models (and their own threshold), the others under the population."""
+        n = len(Z)
+        log_likelihood = evaluation.log_likelihood - self.standardizer.log_scale_sum
+        best = evaluation.responsibilities.argmax(axis=1)
+        distance_sq = evaluation.mahalanobis_sq[np.arange(n), best]
+        population_outlier = self.threshold.flag(-log_likelihood, distance_sq) | huge
+        rows = self._scoring_rows(*entity[:2])
+        use = rows >= 0
+        explanation = {
+            "component": np.empty(n, dtype=best.dtype),
+            "mahalanobis": np.empty(n),
+            "contributions": np.empty(Z.shape),
+            "surprise": np.empty(Z.shape),
+            "expected": np.empty(Z.shape),
+        }
+        rest = ~use
+        if rest.any():
+            for name, value in self.model.explain(Z[rest], _subset(evaluation, rest)).items():
+                explanation[name][rest] = value
+        outlier = population_outlier
+        responsibilities = evaluation.responsibilities
+        threshold = np.full(n, self.threshold.value)
+        if use.any():
+            own_ll, own_resp, own = self._entity_scores(Z[use], rows[use], _subset(evaluation, use))
+            log_likelihood = log_likelihood.copy()
+            log_likelihood[use] = own_ll - self.standardizer.log_scale_sum
+            responsibilities = responsibilities.copy()
+            responsibilities[use] = own_resp
+            for name, value in own.items():
+                explanation[name][use] = value
+            outlier = outlier.copy()
+            flags = self.entity_threshold.flag(-log_likelihood[use], own["mahalanobis"] ** 2)
+            outlier[use] = flags | huge[use]
+            threshold[use] = self.entity_threshold.value
+        self._pending.append(
+            _Scored(Z, evaluation, outlier, -log_likelihood, huge, population_outlier, use, *entity)
+        )
+        return self._result(log_likelihood, threshold, outlier, responsibilities, explanation)
 
     def _learn_pending(self) -> None:
         """The micro-batch is complete: learn its inliers, feed the threshold, watch for
@@ -643,12 +676,12 @@ class Detector:
         rows[has_key] = found[inverse]
         return rows
 
-    def _entity_scores(self, Z, rows, log_likelihood, responsibilities, explanation):
-        """Scores of the events of ``rows >= 0`` under their entities' adapted models,
-        put in place of the population's (copies)."""
+    def _entity_scores(self, z, rows, evaluation):
+        """Log-likelihoods (m,), responsibilities (m, K) and explanation of the events z
+        (m, d) under the adapted models of their entities ``rows`` (m,); ``evaluation``:
+        the population's of z (its field surprise serves for full covariances)."""
         model, table = self.model, self.entities
-        use = rows >= 0
-        unique, inverse = np.unique(rows[use], return_inverse=True)
+        unique, inverse = np.unique(rows, return_inverse=True)
         variances = model._ops.variances(model.covariances_, self.n_features)
         log_w, means, var = table.adapted(
             unique,
@@ -662,7 +695,6 @@ class Detector:
         )
         log_w, means, var = log_w[inverse], means[inverse], var[inverse]
         full = model.covariance_type == "full"
-        z = Z[use]
         weighted, maha_sq, per_field = mixture_terms(
             z,
             log_w,
@@ -676,19 +708,21 @@ class Detector:
         resp = np.exp(weighted - ll[:, None])
         best = resp.argmax(axis=1)
         at = np.arange(len(z))
-        log_likelihood = log_likelihood.copy()
-        log_likelihood[use] = ll - self.standardizer.log_scale_sum
-        responsibilities = responsibilities.copy()
-        responsibilities[use] = resp
-        explanation = {name: value.copy() for name, value in explanation.items()}
-        explanation["component"][use] = best
-        explanation["mahalanobis"][use] = np.sqrt(maha_sq[at, best])
-        explanation["contributions"][use] = (z - means[at, best]) / np.sqrt(var[at, best])
         if per_field is not None:
             surprise, expected = field_surprise_diag(per_field, weighted, ll, means)
-            explanation["surprise"][use] = surprise
-            explanation["expected"][use] = expected
-        return log_likelihood, responsibilities, explanation
+        else:
+            surprise, expected = model._field_surprise(z, evaluation)
+        return (
+            ll,
+            resp,
+            {
+                "component": best,
+                "mahalanobis": np.sqrt(maha_sq[at, best]),
+                "contributions": (z - means[at, best]) / np.sqrt(var[at, best]),
+                "surprise": surprise,
+                "expected": expected,
+            },
+        )
 
     def _learn_entities(self, batch: _Scored) -> None:
         has = batch.has_key

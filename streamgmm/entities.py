@@ -35,6 +35,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -169,7 +170,7 @@ class EntityTable:
     def rows_for(self, keys: np.ndarray, insert: bool = False) -> np.ndarray:
         """Rows of ``keys`` (distinct str, shape (U,)): -1 where absent, unless ``insert``."""
         rows = np.fromiter(
-            (-1 if r is None else r for r in map(self.index.get, keys.tolist())),
+            map(self.index.get, keys.tolist(), itertools.repeat(-1)),
             dtype=np.intp,
             count=len(keys),
         )
@@ -356,19 +357,25 @@ class EntityTable:
             self.m1[rows] *= f[:, None, None]
             self.m2[rows] *= f[:, None, None]
         self.updated[rows] = self.clock
-        idx = inverse[learn]
-        r = resp[learn]
-        z = Z[learn]
-        s0 = np.zeros((U, K))
-        s1 = np.zeros((U, K, self.n_features))
-        s2 = np.zeros_like(s1)
-        np.add.at(s0, idx, r)
+        # sums per entity: the events sorted by entity, one np.add.reduceat
+        d = self.n_features
+        order = np.flatnonzero(learn)
+        order = order[np.argsort(inverse[order], kind="stable")]
+        r = resp[order]
+        z = Z[order]
         weighted = r[:, :, None] * z[:, None, :]
-        np.add.at(s1, idx, weighted)
-        np.add.at(s2, idx, weighted * z[:, None, :])
-        self.n[rows] += s0
-        self.m1[rows] += s1
-        self.m2[rows] += s2
+        columns = np.concatenate(
+            [r, weighted.reshape(len(r), K * d), (weighted * z[:, None, :]).reshape(len(r), K * d)],
+            axis=1,
+        )
+        sums = np.zeros((U, columns.shape[1]))
+        if len(order):
+            owner = inverse[order]
+            starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+            sums[owner[starts]] = np.add.reduceat(columns, starts, axis=0)
+        self.n[rows] += sums[:, :K]
+        self.m1[rows] += sums[:, K : K + K * d].reshape(U, K, d)
+        self.m2[rows] += sums[:, K + K * d :].reshape(U, K, d)
         self.count[rows] += n_learnt
         # activity (decayed with the eviction horizon) and the moving share of flagged events
         self.activity[rows] = self.decayed_activity(rows) + seen
