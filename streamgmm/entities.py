@@ -8,7 +8,8 @@ entity's soft count of component k, ``alpha_k = n_k / (n_k + r)``:
 
 - ``w_k'`` proportional to ``alpha_k n_k / N + (1 - alpha_k) w_k``,
 - ``mu_k' = alpha_k E_k[x] + (1 - alpha_k) mu_k``,
-- ``s_k'^2 = alpha_k E_k[x^2] + (1 - alpha_k)(s_k^2 + mu_k^2) - mu_k'^2``,
+- ``s_k'^2 = alpha_k Var_k[x] + (1 - alpha_k) s_k^2`` (DESIGN.md's formula less its
+  ``alpha_k (1 - alpha_k)(E_k[x] - mu_k)^2``, see :meth:`EntityTable.adapted`),
   floored at ``ENTITY_REG_SHARE * reg_covar``.
 
 Only the diagonal second moments are kept (memory per entity stays small):
@@ -300,7 +301,7 @@ class EntityTable:
         log_weights : (U, K); means : (U, K, d); variances : (U, K, d), floored at reg_covar
         """
         n_raw = self.n[rows].astype(np.float64)
-        safe = np.maximum(n_raw, _TINY)[:, :, None]
+        safe = np.maximum(n_raw, 1e-6)[:, :, None]  # below it, alpha is nothing anyway
         first = self.m1[rows] / safe
         second = self.m2[rows] / safe
         n = n_raw * self.decay_factor(rows, half_life)[:, None]
@@ -314,7 +315,11 @@ class EntityTable:
         w /= w.sum(axis=1, keepdims=True)
         a = alpha[:, :, None]
         mu = a * first + (1.0 - a) * means
-        var = a * second + (1.0 - a) * (variances + means**2) - mu**2
+        # alpha E[(x - E x)^2] + (1 - alpha) s^2: the design's formula less its term
+        # alpha (1 - alpha)(E x - mu)^2, which widens a young entity far from its
+        # component's mean by that distance, so that all its events score above the
+        # entities' threshold (and, not learnt, it never grows out of it; measured)
+        var = a * np.maximum(second - first**2, 0.0) + (1.0 - a) * variances
         np.maximum(var, reg_covar * ENTITY_REG_SHARE, out=var)
         if spherical:
             var[:] = var.mean(axis=2, keepdims=True)
