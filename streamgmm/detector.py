@@ -411,10 +411,13 @@ class Detector:
         keys : sequence of (str or None) of length n_events, or None
             The entity of each event. An entity that has learnt ``min_entity_events``
             events is scored under its own adapted model (as it was before the
-            micro-batch), the others and ``None`` under the population; scores stay
-            ``-log p(x)`` in event units, so one threshold serves all. Without keys:
-            the population only. For ``covariance_type="full"`` the ``surprise`` and
-            ``expected`` of entity-scored events are the population's.
+            micro-batch), the others and ``None`` under the population. Scores stay
+            ``-log p(x)`` in event units; the entity-scored events are flagged by the
+            entities' own threshold (the same rule, learnt from their scores: an
+            adapted model scores its entity's events far more tightly than the
+            population does). Without keys: the population only. For
+            ``covariance_type="full"`` the ``surprise`` and ``expected`` of
+            entity-scored events are the population's.
         offsets : array-like of int of shape (n_events,), or None
             Input offsets: an entity loaded with ``learn_from`` learns no event below it.
         now : float or None
@@ -626,9 +629,10 @@ class Detector:
         """The micro-batch is complete: learn its inliers, feed the threshold, watch for
         a new regime.
 
-        With keys, the population learns (and its quarantine watches) as it would
-        without them, by its own flags; the threshold learns from the scores used;
-        each entity learns its events that were not flagged."""
+        With keys, the population (mixture, threshold, quarantine) learns exactly as it
+        would without them, by its own scores and flags; the entities' threshold learns
+        from the scores of the events their models scored; each entity learns its events
+        that were not flagged."""
         batch = _Scored.concat(self._pending)
         self._pending = []
         population_outlier = batch.outlier if batch.keys is None else batch.population_outlier
@@ -637,9 +641,11 @@ class Detector:
         if batch.keys is None:
             self.threshold.update(batch.score[~batch.outlier])
         else:
-            own = batch.by_entity
-            self.threshold.update(batch.score[~batch.outlier & ~own])
-            self.entity_threshold.update(batch.score[~batch.outlier & own])
+            # the population's threshold learns as without keys, from the population's
+            # scores; the entities' from the scores of the events their models scored
+            population_score = self.standardizer.log_scale_sum - batch.evaluation.log_likelihood
+            self.threshold.update(population_score[~population_outlier])
+            self.entity_threshold.update(batch.score[~batch.outlier & batch.by_entity])
             self._learn_entities(batch)
         self.entities.clock += len(batch.Z)
         if not self.learn_from_outliers:

@@ -307,3 +307,17 @@ def test_score_per_entity_and_inspect_the_entities(tmp_path, capsys):
     bad = ["score", str(events), "--fields", "a,b,c", "--entities"]
     assert main(bad) == 2
     assert "--key" in capsys.readouterr().err
+
+
+def test_the_population_learns_exactly_as_without_keys():
+    s = small(seed=7, n=4000)
+    keyed = Detector(warmup=200, random_state=0, min_entity_events=5)
+    keyless = Detector(warmup=200, random_state=0)
+    keyed_result = keyed.process(s.X, keys=s.keys)
+    keyless.process(s.X)
+    np.testing.assert_array_equal(keyed.model.means_, keyless.model.means_)
+    np.testing.assert_array_equal(keyed.model.covariances_, keyless.model.covariances_)
+    assert keyed.threshold.value == keyless.threshold.value
+    # while the entities' own threshold sits far below the population's
+    assert keyed.entity_threshold.value < keyed.threshold.value
+    assert (keyed_result.threshold[-100:] == keyed.entity_threshold.value).any()
