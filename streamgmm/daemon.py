@@ -130,6 +130,10 @@ def build_detector(config: Config) -> Detector:
         max_components=m.max_components,
         n_init=m.n_init,
         random_state=m.random_state,
+        min_entity_events=m.entity.min_events,
+        relevance=m.entity.relevance,
+        max_entities=m.entity.max_entities,
+        idle_ttl_s=m.entity.idle_ttl_s,
     )
 
 
@@ -584,7 +588,8 @@ class Daemon:
         result = None
         if len(decoded.X):
             try:
-                result = self.detector.process(decoded.X)  # 2
+                entity = self._entity_args(records, decoded)  # keys, offsets: per entity
+                result = self.detector.process(decoded.X, **entity)  # 2
             except Exception as exc:  # one batch must not stop the stream (a crash loop)
                 self._model_error(records, decoded, exc)
             else:
@@ -596,6 +601,13 @@ class Daemon:
         self.metrics.batch_duration_seconds.observe(time.perf_counter() - started)
         if self.on_batch is not None:
             self.on_batch(records, decoded, result)
+
+    def _entity_args(self, records: list, decoded) -> dict[str, Any]:
+        """Keys and input offsets of the decoded rows, when each entity has its own model."""
+        if not self.config.model.entity.enabled:
+            return {}
+        offsets = np.fromiter((records[i].offset for i in decoded.ok_index), np.int64)
+        return {"keys": decoded.keys, "offsets": offsets}
 
     def _send_dead_letters(self, records: list, errors: Iterable) -> None:
         errors = list(errors)

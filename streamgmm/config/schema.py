@@ -159,7 +159,7 @@ class EntityConfig:
     )
     relevance: float = _key(
         Float(gt=0),
-        8.0,
+        0.5,
         "MAP relevance factor r: a component's statistics of an entity weigh n / (n + r) "
         "against the population's. Smaller adapts sooner, larger trusts the population longer.",
     )
