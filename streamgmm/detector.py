@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import load_state, save_state
-from .defaults import MIN_WARMUP, MODEL_DEFAULTS
+from .defaults import ENTITY_DEFAULTS, MIN_WARMUP, MODEL_DEFAULTS
 from .entities import EntityTable, field_surprise_diag, mixture_terms
 from .gmm import (
     MAX_ABS_INPUT,
@@ -308,10 +308,10 @@ class Detector:
         micro_batch: int = MICRO_BATCH,
         n_init: int = MODEL_DEFAULTS.n_init,
         random_state: int | None = MODEL_DEFAULTS.random_state,
-        min_entity_events: int = 20,
-        relevance: float = 0.5,
-        max_entities: int = 1_000_000,
-        idle_ttl_s: float | None = None,
+        min_entity_events: int = ENTITY_DEFAULTS.min_events,
+        relevance: float = ENTITY_DEFAULTS.relevance,
+        max_entities: int = ENTITY_DEFAULTS.max_entities,
+        idle_ttl_s: float | None = ENTITY_DEFAULTS.idle_ttl_s,
     ):
         if int(warmup) < MIN_WARMUP:
             raise ValueError(f"warmup must be >= {MIN_WARMUP} events, got {warmup!r}")
