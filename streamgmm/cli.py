@@ -120,6 +120,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 # inspect
 
+HEAVIEST_SHOWN = 10  # entities listed by `inspect`, the most active first
+
 
 def describe_checkpoint(path: str) -> dict[str, Any]:
     """What a checkpoint or model file holds, as plain JSON-able data."""
@@ -144,6 +146,12 @@ def describe_checkpoint(path: str) -> dict[str, Any]:
             warmed_up=detector.is_warmed_up,
             threshold={"kind": detector.threshold.kind, "value": detector.threshold.value},
             regime_changes=detector.n_regime_changes,
+            entities=len(detector.entities),
+            entities_evicted=dict(detector.entities.n_evicted),
+            heaviest_entities=[
+                {"key": key, "activity": activity}
+                for key, activity in detector.heaviest_entities(HEAVIEST_SHOWN)
+            ],
         )
         if detector.standardizer is not None:
             info["standardizer"] = {
@@ -195,6 +203,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
         threshold = info["threshold"]
         print(f"  threshold: {threshold['kind']} {threshold['value']:.4g}")
+        evicted = info["entities_evicted"]
+        print(
+            f"  entities: {info['entities']}  evicted: {evicted['cap']} (cap), "
+            f"{evicted['idle']} (idle)"
+        )
+        for entity in info["heaviest_entities"]:
+            print(f"    {entity['key']}: {entity['activity']:.1f} events (decayed)")
     print(
         f"  events learnt by the mixture: {info['model_events_learnt']}  "
         f"re-seeds: {info['reseeds']}"
@@ -226,7 +241,7 @@ def _file_config(args: argparse.Namespace):
         if error:
             return None, error
     if args.fields is None:
-        return config, None
+        return _with_entities(config, args)
     features = {"fields": [f.strip() for f in args.fields.split(",") if f.strip()]}
     if args.key is not None:
         features["key"] = args.key
@@ -239,10 +254,22 @@ def _file_config(args: argparse.Namespace):
     except ConfigError as exc:
         return None, str(exc)
     if config is None:
-        return flags, None
+        return _with_entities(flags, args)
     key = config.features.key if args.key is None else flags.features.key
-    return replace(config, features=replace(config.features, fields=flags.features.fields,
-                                            key=key)), None  # fmt: skip
+    return _with_entities(replace(config, features=replace(config.features,
+                          fields=flags.features.fields, key=key)), args)  # fmt: skip
+
+
+def _with_entities(config, args: argparse.Namespace):
+    """``--entities``: one adapted model per value of features.key; (config, error)."""
+    from dataclasses import replace
+
+    if not getattr(args, "entities", False) or config.model.entity.enabled:
+        return config, None
+    if config.features.key is None:
+        return None, "--entities scores each entity under its own model: give --key FIELD too"
+    entity = replace(config.model.entity, enabled=True)
+    return replace(config, model=replace(config.model, entity=entity)), None
 
 
 def _offline_config(args: argparse.Namespace) -> Config | int:
@@ -370,6 +397,12 @@ def _file_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--key", default=None, help="field copied into the records as their key (features.key)"
+    )
+    parser.add_argument(
+        "--entities",
+        action="store_true",
+        help="score each entity (the --key field) under its own adapted model "
+        "(model.entity.enabled)",
     )
     parser.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto")
 

@@ -139,6 +139,10 @@ def build_detector(config: Config) -> Detector:
         max_components=m.max_components,
         n_init=m.n_init,
         random_state=m.random_state,
+        min_entity_events=m.entity.min_events,
+        relevance=m.entity.relevance,
+        max_entities=m.entity.max_entities,
+        idle_ttl_s=m.entity.idle_ttl_s,
     )
 
 

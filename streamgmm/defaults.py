@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MIN_WARMUP", "MODEL_DEFAULTS", "ModelDefaults"]
+__all__ = ["ENTITY_DEFAULTS", "MIN_WARMUP", "MODEL_DEFAULTS", "EntityDefaults", "ModelDefaults"]
 
 #: Fewest warm-up events: a variance needs two.
 MIN_WARMUP = 2
@@ -41,3 +41,17 @@ class ModelDefaults:
 
 
 MODEL_DEFAULTS = ModelDefaults()
+
+
+@dataclass(frozen=True)
+class EntityDefaults:
+    """One default per parameter of the per-entity models (the config's ``model.entity``;
+    the Detector's ``min_entity_events``, ``relevance``, ``max_entities``, ``idle_ttl_s``)."""
+
+    min_events: int = 20
+    relevance: float = 0.5  # chosen by measurement: benchmarks/entities.py
+    max_entities: int = 1_000_000
+    idle_ttl_s: float | None = None
+
+
+ENTITY_DEFAULTS = EntityDefaults()

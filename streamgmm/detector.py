@@ -49,20 +49,30 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .checkpoint import load_state, save_state
-from .defaults import MIN_WARMUP, MODEL_DEFAULTS
-from .gmm import MAX_ABS_INPUT, Evaluation, OnlineGaussianMixture, RunningGaussian
+from .defaults import ENTITY_DEFAULTS, MIN_WARMUP, MODEL_DEFAULTS
+from .entities import EntityTable, field_surprise_diag, mixture_terms
+from .gmm import (
+    MAX_ABS_INPUT,
+    Evaluation,
+    OnlineGaussianMixture,
+    RunningGaussian,
+    _logsumexp_rows,
+)
 from .threshold import QuantileThreshold, Threshold
 
 WARMUP_FLAG_AFTER = 50  # warm-up events before the running Gaussian flags anything
 WARMUP_FLAG_PROBABILITY = 1e-6  # chi-square tail beyond which a warm-up event is an outlier
 WARMUP_FITS = 3  # fits of the warm-up at most: each drops the events of too small components
 MICRO_BATCH = 256  # events per model update after the warm-up (benchmarks/README.md, "cuts")
+ENTITY_MAX_ABS_LEARNT = 1e4  # standardised values past it are never folded into float32 statistics
 
 
 @dataclass(frozen=True)
@@ -272,6 +282,11 @@ class Detector:
     n_init : int
         k-means++ starts of each batch fit (the warm-up, a new regime); the best
         likelihood wins. More starts make the first mixture depend less on the seed.
+    min_entity_events, relevance, max_entities, idle_ttl_s
+        Per-entity models (``process(X, keys=...)``, see :mod:`streamgmm.entities`):
+        events an entity learns before its adapted model scores it; the MAP
+        relevance factor r; the cap on entities held (evicted by decayed
+        activity past it); seconds without an event before an entity is dropped.
     """
 
     def __init__(
@@ -293,6 +308,10 @@ class Detector:
         micro_batch: int = MICRO_BATCH,
         n_init: int = MODEL_DEFAULTS.n_init,
         random_state: int | None = MODEL_DEFAULTS.random_state,
+        min_entity_events: int = ENTITY_DEFAULTS.min_events,
+        relevance: float = ENTITY_DEFAULTS.relevance,
+        max_entities: int = ENTITY_DEFAULTS.max_entities,
+        idle_ttl_s: float | None = ENTITY_DEFAULTS.idle_ttl_s,
     ):
         if int(warmup) < MIN_WARMUP:
             raise ValueError(f"warmup must be >= {MIN_WARMUP} events, got {warmup!r}")
@@ -302,6 +321,10 @@ class Detector:
             raise ValueError(f"regime_share must be in (0, 1], got {regime_share!r}")
         if int(micro_batch) < 1:
             raise ValueError(f"micro_batch must be >= 1 event, got {micro_batch!r}")
+        if int(min_entity_events) < 1:
+            raise ValueError(f"min_entity_events must be >= 1, got {min_entity_events!r}")
+        if not relevance > 0:
+            raise ValueError(f"relevance must be > 0, got {relevance!r}")
         self.warmup = int(warmup)
         self.standardize = standardize
         self.learn_from_outliers = learn_from_outliers
@@ -331,6 +354,11 @@ class Detector:
         self.n_regime_changes = 0
         self.n_warmup_dropped = 0
         self._pending: list[_Scored] = []
+        self.min_entity_events = int(min_entity_events)
+        self.relevance = float(relevance)
+        # K and d are known after the warm-up; until then, an empty table
+        self.entities = EntityTable(0, 0, max_entities, idle_ttl_s)
+        self._now = 0.0
 
     # -- state --------------------------------------------------------------
 
@@ -367,15 +395,38 @@ class Detector:
 
     # -- the batch path -----------------------------------------------------
 
-    def process(self, X) -> BatchResult:
+    def process(
+        self,
+        X,
+        keys: Sequence[str | None] | None = None,
+        offsets: Sequence[int] | np.ndarray | None = None,
+        now: float | None = None,
+    ) -> BatchResult:
         """Score a batch with the model as it was, flag outliers, learn the rest.
 
         Parameters
         ----------
         X : array-like of shape (n_events, n_features)
             Finite values; a value too large to be squared makes its event an outlier.
+        keys : sequence of (str or None) of length n_events, or None
+            The entity of each event. An entity that has learnt ``min_entity_events``
+            events is scored under its own adapted model (as it was before the
+            micro-batch), the others and ``None`` under the population. Scores stay
+            ``-log p(x)`` in event units; the entity-scored events are flagged by the
+            entities' own threshold (the same rule, learnt from their scores: an
+            adapted model scores its entity's events far more tightly than the
+            population does). Without keys: the population only. For
+            ``covariance_type="full"`` the ``surprise`` and ``expected`` of
+            entity-scored events are the population's.
+        offsets : array-like of int of shape (n_events,), or None
+            Input offsets: an entity loaded with ``learn_from`` learns no event below it.
+        now : float or None
+            Wall-clock seconds (default ``time.time()``): the entities' last-seen time
+            for ``idle_ttl_s``.
         """
         X = _check_events(X, self.n_features)
+        self._now = time.time() if now is None else float(now)
+        entity = _entity_columns(keys, offsets, len(X))
         results = []
         start = 0
         while not self.is_warmed_up and start < len(X):
@@ -386,7 +437,8 @@ class Detector:
                 self._finish_warmup()
         while start < len(X):
             stop = start + self.micro_batch - self.n_pending
-            results.append(self._score_rows(X[start:stop]))
+            piece = None if entity is None else tuple(c[start:stop] for c in entity)
+            results.append(self._score_rows(X[start:stop], piece))
             start = min(stop, len(X))
             if self.n_pending >= self.micro_batch:
                 self._learn_pending()
@@ -463,6 +515,7 @@ class Detector:
     def _finish_warmup(self) -> None:
         buffer = self.model.warmup_buffer()
         Z = self._fit_warmup(buffer)
+        self._new_entity_table()
         self.threshold.bind(buffer.shape[1])
         self._anchor_threshold(Z)
 
@@ -495,39 +548,244 @@ class Detector:
         """The q-quantile of scores the model predicts for its own events, in event units."""
         return self.standardizer.log_scale_sum + self.model.score_quantile(q)
 
-    def _score_rows(self, X: np.ndarray) -> BatchResult:
-        """Score rows of the current micro-batch under the model before it; keep them."""
+    def _score_rows(self, X: np.ndarray, entity: tuple | None = None) -> BatchResult:
+        """Score rows of the current micro-batch under the model before it; keep them.
+
+        ``entity``: (keys (n,) str, has_key (n,) bool, offsets (n,) int64) or None."""
         Z, huge = self._standardised(X)
         evaluation = self.model.evaluate(Z)
+        if entity is not None:
+            return self._score_keyed_rows(Z, huge, evaluation, entity)
         explanation = self.model.explain(Z, evaluation)
         log_likelihood = evaluation.log_likelihood - self.standardizer.log_scale_sum
         score = -log_likelihood
         outlier = self.threshold.flag(score, explanation["mahalanobis"] ** 2) | huge
         self._pending.append(_Scored(Z, evaluation, outlier, score, huge))
+        return self._result(
+            log_likelihood,
+            np.full(len(X), self.threshold.value),
+            outlier,
+            evaluation.responsibilities,
+            explanation,
+        )
+
+    def _result(self, log_likelihood, threshold, outlier, responsibilities, explanation):
         return BatchResult(
             log_likelihood=log_likelihood,
-            score=score,
-            threshold=np.full(len(X), self.threshold.value),
+            score=-log_likelihood,
+            threshold=threshold,
             is_outlier=outlier,
-            is_warmup=np.zeros(len(X), dtype=bool),
+            is_warmup=np.zeros(len(outlier), dtype=bool),
             component=explanation["component"],
-            responsibilities=evaluation.responsibilities,
+            responsibilities=responsibilities,
             mahalanobis=explanation["mahalanobis"],
             contributions=explanation["contributions"],
             surprise=explanation["surprise"],
             expected=explanation["expected"] * self.standardizer.scale + self.standardizer.mean,
         )
 
+    def _score_keyed_rows(self, Z, huge, evaluation, entity) -> BatchResult:
+        """``_score_rows`` with keys: the events of entities with enough events learnt under
+        their adapted models (and their own threshold), the others under the population."""
+        n = len(Z)
+        log_likelihood = evaluation.log_likelihood - self.standardizer.log_scale_sum
+        best = evaluation.responsibilities.argmax(axis=1)
+        distance_sq = evaluation.mahalanobis_sq[np.arange(n), best]
+        population_outlier = self.threshold.flag(-log_likelihood, distance_sq) | huge
+        rows = self._scoring_rows(*entity[:2])
+        use = rows >= 0
+        explanation = {
+            "component": np.empty(n, dtype=best.dtype),
+            "mahalanobis": np.empty(n),
+            "contributions": np.empty(Z.shape),
+            "surprise": np.empty(Z.shape),
+            "expected": np.empty(Z.shape),
+        }
+        rest = ~use
+        if rest.any():
+            for name, value in self.model.explain(Z[rest], _subset(evaluation, rest)).items():
+                explanation[name][rest] = value
+        outlier = population_outlier
+        responsibilities = evaluation.responsibilities
+        threshold = np.full(n, self.threshold.value)
+        if use.any():
+            own_ll, own_resp, own = self._entity_scores(Z[use], rows[use], _subset(evaluation, use))
+            log_likelihood = log_likelihood.copy()
+            log_likelihood[use] = own_ll - self.standardizer.log_scale_sum
+            responsibilities = responsibilities.copy()
+            responsibilities[use] = own_resp
+            for name, value in own.items():
+                explanation[name][use] = value
+            outlier = outlier.copy()
+            flags = self.entity_threshold.flag(-log_likelihood[use], own["mahalanobis"] ** 2)
+            outlier[use] = flags | huge[use]
+            threshold[use] = self.entity_threshold.value
+        self._pending.append(
+            _Scored(Z, evaluation, outlier, -log_likelihood, huge, population_outlier, use, *entity)
+        )
+        return self._result(log_likelihood, threshold, outlier, responsibilities, explanation)
+
     def _learn_pending(self) -> None:
         """The micro-batch is complete: learn its inliers, feed the threshold, watch for
-        a new regime."""
+        a new regime.
+
+        With keys, the population (mixture, threshold, quarantine) learns exactly as it
+        would without them, by its own scores and flags; the entities' threshold learns
+        from the scores of the events their models scored; each entity learns its events
+        that were not flagged."""
         batch = _Scored.concat(self._pending)
         self._pending = []
-        learn = ~batch.huge if self.learn_from_outliers else ~batch.outlier
+        population_outlier = batch.outlier if batch.keys is None else batch.population_outlier
+        learn = ~batch.huge if self.learn_from_outliers else ~population_outlier
         self.model.learn(batch.Z[learn], _subset(batch.evaluation, learn))
-        self.threshold.update(batch.score[~batch.outlier])
+        if batch.keys is None:
+            self.threshold.update(batch.score[~batch.outlier])
+        else:
+            # the population's threshold learns as without keys, from the population's
+            # scores; the entities' from the scores of the events their models scored
+            population_score = self.standardizer.log_scale_sum - batch.evaluation.log_likelihood
+            self.threshold.update(population_score[~population_outlier])
+            self.entity_threshold.update(batch.score[~batch.outlier & batch.by_entity])
+            self._learn_entities(batch)
+        self.entities.clock += len(batch.Z)
         if not self.learn_from_outliers:
-            self._watch_regime(batch.Z, batch.outlier & ~batch.huge)
+            self._watch_regime(batch.Z, population_outlier & ~batch.huge)
+
+    # -- entities -----------------------------------------------------------------
+
+    def _new_entity_table(self, clock: int = 0) -> None:
+        old = self.entities
+        self.entities = EntityTable(
+            self.model.n_components_, self.n_features, old.max_entities, old.idle_ttl_s
+        )
+        self.entities.clock = clock
+        # the entities' own threshold: their adapted models score the same events far
+        # more tightly than the population does, so the population's quantile of scores
+        # would be far above their normal events (measured: benchmarks/entities.py).
+        # Same rule, started at the population's value, then learnt from their scores.
+        self.entity_threshold = Threshold.from_state(self.threshold.get_state())
+        if isinstance(self.entity_threshold, QuantileThreshold):
+            self.entity_threshold.initialise(self.threshold.value)
+
+    def _scoring_rows(self, keys: np.ndarray, has_key: np.ndarray) -> np.ndarray:
+        """Each event's entity row (n,), -1 where the population scores it (no key, an
+        entity unknown or with fewer than ``min_entity_events`` events learnt)."""
+        rows = np.full(len(keys), -1, dtype=np.intp)
+        table = self.entities
+        if not len(table) or not has_key.any():
+            return rows
+        unique, inverse = np.unique(keys[has_key], return_inverse=True)
+        found = table.rows_for(unique)
+        found[found >= 0] = np.where(
+            table.count[found[found >= 0]] >= self.min_entity_events, found[found >= 0], -1
+        )
+        rows[has_key] = found[inverse]
+        return rows
+
+    def _entity_scores(self, z, rows, evaluation):
+        """Log-likelihoods (m,), responsibilities (m, K) and explanation of the events z
+        (m, d) under the adapted models of their entities ``rows`` (m,); ``evaluation``:
+        the population's of z (its field surprise serves for full covariances)."""
+        model, table = self.model, self.entities
+        unique, inverse = np.unique(rows, return_inverse=True)
+        variances = model._ops.variances(model.covariances_, self.n_features)
+        log_w, means, var = table.adapted(
+            unique,
+            model.weights_,
+            model.means_,
+            variances,
+            self.relevance,
+            model.reg_covar,
+            model.half_life,
+            spherical=model.covariance_type == "spherical",
+        )
+        log_w, means, var = log_w[inverse], means[inverse], var[inverse]
+        full = model.covariance_type == "full"
+        weighted, maha_sq, per_field = mixture_terms(
+            z,
+            log_w,
+            means,
+            var,
+            variances if full else None,
+            model.precisions_cholesky_ if full else None,
+            model._log_det if full else None,
+        )
+        ll = _logsumexp_rows(weighted)
+        resp = np.exp(weighted - ll[:, None])
+        best = resp.argmax(axis=1)
+        at = np.arange(len(z))
+        if per_field is not None:
+            surprise, expected = field_surprise_diag(per_field, weighted, ll, means)
+        else:
+            surprise, expected = model._field_surprise(z, evaluation)
+        return (
+            ll,
+            resp,
+            {
+                "component": best,
+                "mahalanobis": np.sqrt(maha_sq[at, best]),
+                "contributions": (z - means[at, best]) / np.sqrt(var[at, best]),
+                "surprise": surprise,
+                "expected": expected,
+            },
+        )
+
+    def _learn_entities(self, batch: _Scored) -> None:
+        has = batch.has_key
+        if not has.any():
+            return
+        table = self.entities
+        unique, inverse = np.unique(batch.keys[has], return_inverse=True)
+        rows = table.rows_for(unique, insert=True)
+        Z = batch.Z[has]
+        outlier = batch.outlier[has]
+        learn = ~batch.huge[has] if self.learn_from_outliers else ~outlier
+        learn &= np.abs(Z).max(axis=1) < ENTITY_MAX_ABS_LEARNT
+        learn &= batch.offsets[has] >= table.learn_from[rows][inverse]
+        table.learn(
+            rows,
+            inverse,
+            Z,
+            batch.evaluation.responsibilities[has],
+            learn,
+            outlier,
+            self.model.half_life,
+            self.regime_share,
+            self._now,
+        )
+        table.enforce_cap(self._now)
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """Drop the entities idle for more than ``idle_ttl_s`` seconds; returns how many."""
+        return self.entities.expire_idle(time.time() if now is None else float(now))
+
+    def entity_changes(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """States of the entities changed since :meth:`mark_entities_saved`, and the keys
+        removed since (evicted, expired). Each state is a dict of numeric arrays/scalars."""
+        return self.entities.changes()
+
+    def mark_entities_saved(self) -> None:
+        self.entities.mark_saved()
+
+    def load_entities(
+        self, states: Mapping[str, Mapping[str, Any]], learn_from: Mapping[str, int] | None = None
+    ) -> None:
+        """Put entity records (from :meth:`entity_changes`) in the table; an entity with a
+        ``learn_from`` offset learns no event below it. Needs a warmed-up detector."""
+        if not self.is_warmed_up:
+            raise ValueError(
+                "load_entities needs the population model: load the head state first "
+                "(Detector.from_state) or warm the detector up"
+            )
+        learn_from = learn_from or {}
+        for key, state in states.items():
+            row = self.entities.load_entity(str(key), state)
+            if key in learn_from:
+                self.entities.learn_from[row] = int(learn_from[key])
+
+    def heaviest_entities(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` most active entities, with their decayed event counts."""
+        return self.entities.heaviest(n)
 
     def _watch_regime(self, Z: np.ndarray, outlier: np.ndarray) -> None:
         """Flagged events that make up ``regime_share`` of the traffic are a new regime:
@@ -542,7 +800,11 @@ class Detector:
         rows = quarantine.release()
         model = self.model
         size = model.max_components if model.n_components == "auto" else model.n_components
-        model.add_components(rows, weight, max_components=2 * int(size))
+        old_s0 = model._s0.copy()
+        added = model.add_components(rows, weight, max_components=2 * int(size))
+        # the entities follow: the components the mixture kept (as it chose them), new ones
+        n_kept = int(added[0]) if len(added) else len(model._s0)
+        self.entities.grow_components(np.sort(np.argsort(old_s0)[::-1][:n_kept]), len(added))
         self._anchor_threshold(rows)
         self.n_regime_changes += 1
 
@@ -568,11 +830,16 @@ class Detector:
             "micro_batch": self.micro_batch,
             "n_init": model.n_init,
             "random_state": model.random_state,
+            "min_entity_events": self.min_entity_events,
+            "relevance": self.relevance,
+            "max_entities": self.entities.max_entities,
+            "idle_ttl_s": self.entities.idle_ttl_s,
         }
 
-    def get_state(self) -> dict[str, Any]:
+    def get_state(self, entities: bool = True) -> dict[str, Any]:
         """Everything needed to resume exactly: parameters, model, threshold, quarantine,
-        the micro-batch in hand, counters."""
+        the micro-batch in hand, counters, and the entity table (``entities=False``:
+        the head without it, for stores that keep entities as records of their own)."""
         state: dict[str, Any] = {
             "params": self.get_params(),
             "model": self.model.get_state(),
@@ -586,7 +853,12 @@ class Detector:
             "n_outliers": self.n_outliers,
             "n_regime_changes": self.n_regime_changes,
             "n_warmup_dropped": self.n_warmup_dropped,
+            "entity_clock": self.entities.clock,
         }
+        if self.is_warmed_up:
+            state["entity_threshold"] = self.entity_threshold.get_state()
+        if entities and self.is_warmed_up:
+            state["entities"] = self.entities.get_state()
         if self.quarantine.rows is not None:
             state["quarantine"]["rows"] = self.quarantine.rows
         if self._pending:
@@ -597,6 +869,14 @@ class Detector:
                 "score": batch.score,
                 "huge": batch.huge,
             }
+            if batch.keys is not None:
+                state["pending"]["entity"] = {
+                    "by_entity": batch.by_entity,
+                    "keys": batch.keys,
+                    "has_key": batch.has_key,
+                    "offsets": batch.offsets,
+                    "population_outlier": batch.population_outlier,
+                }
         if self.standardizer is not None:
             state["standardizer"] = {
                 "mean": self.standardizer.mean,
@@ -618,6 +898,11 @@ class Detector:
         standardizer = state.get("standardizer")
         if standardizer:
             detector.standardizer = Standardizer(standardizer["mean"], standardizer["scale"])
+            detector._new_entity_table(int(state.get("entity_clock", 0)))
+            if "entities" in state:
+                detector.entities.set_state(state["entities"])
+            if "entity_threshold" in state:
+                detector.entity_threshold = Threshold.from_state(state["entity_threshold"])
         elif "warm" in state:  # 0.1: the warm-up Gaussian and buffer were the detector's
             detector.model._warm = RunningGaussian.from_state(state["warm"])
             if "buffer" in state:
@@ -626,6 +911,7 @@ class Detector:
         if "pending" in state:
             pending = state["pending"]
             Z = np.array(pending["Z"], dtype=np.float64)
+            entity = pending.get("entity")
             detector._pending = [
                 _Scored(
                     Z,
@@ -633,6 +919,17 @@ class Detector:
                     np.array(pending["outlier"], dtype=bool),
                     np.array(pending["score"], dtype=np.float64),
                     np.array(pending["huge"], dtype=bool),
+                    *(
+                        ()
+                        if entity is None
+                        else (
+                            np.array(entity["population_outlier"], dtype=bool),
+                            np.array(entity["by_entity"], dtype=bool),
+                            np.array(entity["keys"], dtype=str),
+                            np.array(entity["has_key"], dtype=bool),
+                            np.array(entity["offsets"], dtype=np.int64),
+                        )
+                    ),
                 )
             ]
         detector.n_seen = int(state["n_seen"])
@@ -663,11 +960,26 @@ class _Scored:
     outlier: np.ndarray  # (n,) bool
     score: np.ndarray  # (n,)
     huge: np.ndarray  # (n,) bool: too large to be squared, never learnt
+    # with keys: the population's own flags, and each event's entity (see process)
+    population_outlier: np.ndarray | None = None  # (n,) bool
+    by_entity: np.ndarray | None = None  # (n,) bool: scored by the entity's model
+    keys: np.ndarray | None = None  # (n,) str
+    has_key: np.ndarray | None = None  # (n,) bool
+    offsets: np.ndarray | None = None  # (n,) int64
 
     @staticmethod
     def concat(pieces: list[_Scored]) -> _Scored:
         if len(pieces) == 1:
             return pieces[0]
+        keyed = [p.keys is not None for p in pieces]
+        if any(keyed) and not all(keyed):
+            pieces = [p if p.keys is not None else p.with_no_keys() for p in pieces]
+        extra = ()
+        if pieces[0].keys is not None:
+            extra = tuple(
+                np.concatenate([getattr(p, f) for p in pieces])
+                for f in ("population_outlier", "by_entity", "keys", "has_key", "offsets")
+            )
         return _Scored(
             np.concatenate([p.Z for p in pieces]),
             Evaluation(
@@ -679,7 +991,43 @@ class _Scored:
             np.concatenate([p.outlier for p in pieces]),
             np.concatenate([p.score for p in pieces]),
             np.concatenate([p.huge for p in pieces]),
+            *extra,
         )
+
+    def with_no_keys(self) -> _Scored:
+        """This piece as keyed, with no entity (a call without keys inside a keyed
+        micro-batch)."""
+        n = len(self.Z)
+        return _Scored(
+            self.Z,
+            self.evaluation,
+            self.outlier,
+            self.score,
+            self.huge,
+            self.outlier,
+            np.zeros(n, dtype=bool),
+            np.full(n, ""),
+            np.zeros(n, dtype=bool),
+            np.zeros(n, dtype=np.int64),
+        )
+
+
+def _entity_columns(keys: Any, offsets: Any, n: int) -> tuple[np.ndarray, ...] | None:
+    """keys (n,) str ("" where None), has_key (n,) bool, offsets (n,) int64; None without keys."""
+    if keys is None:
+        return None
+    keys = np.asarray(keys, dtype=object).reshape(-1)
+    if len(keys) != n:
+        raise ValueError(f"keys has {len(keys)} entries for {n} events; pass one key per event")
+    has_key = np.not_equal(keys, None).astype(bool)
+    keys = np.where(has_key, keys, "").astype(str)
+    if offsets is None:
+        offsets = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    else:
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        if len(offsets) != n:
+            raise ValueError(f"offsets has {len(offsets)} entries for {n} events; pass one each")
+    return keys, has_key, offsets
 
 
 def _check_events(X: Any, n_features: int | None) -> np.ndarray:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..defaults import MIN_WARMUP, MODEL_DEFAULTS
+from ..defaults import ENTITY_DEFAULTS, MIN_WARMUP, MODEL_DEFAULTS
 from .kinds import (
     Bool,
     Choice,
@@ -153,26 +153,26 @@ class EntityConfig:
     )
     min_events: int = _key(
         Int(ge=1),
-        20,
+        ENTITY_DEFAULTS.min_events,
         "Events of an entity before its own model scores it; before that, the population "
         "model does (a brand-new entity is judged from its first event).",
     )
     relevance: float = _key(
         Float(gt=0),
-        8.0,
+        ENTITY_DEFAULTS.relevance,
         "MAP relevance factor r: a component's statistics of an entity weigh n / (n + r) "
         "against the population's. Smaller adapts sooner, larger trusts the population longer.",
     )
     max_entities: int = _key(
         Int(ge=1),
-        1_000_000,
+        ENTITY_DEFAULTS.max_entities,
         "Entities held per model (per input partition with checkpoint.topic); past it, "
         "the least active (decayed activity, so a burst of one-off keys cannot push out "
         "busy entities) are evicted and start again from the population if they return.",
     )
     idle_ttl_s: float | None = _key(
         Float(gt=0),
-        None,
+        ENTITY_DEFAULTS.idle_ttl_s,
         "Seconds without an event after which an entity is dropped; null keeps it until "
         "the cap evicts it.",
         nullable=True,

@@ -44,7 +44,6 @@ def _setup(tmp_path, broker, unique, **overrides):
         "model__n_components": 3,
         "model__warmup": 200,
         "model__entity__enabled": True,
-        "model__entity__relevance": 0.5,  # helper A's measured choice
         "checkpoint__path": None,
         "checkpoint__topic": topics["state"],
         "checkpoint__interval_s": 1,

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from streamgmm.config import ConfigError, ModelConfig, parse_config
-from streamgmm.defaults import MIN_WARMUP, MODEL_DEFAULTS
+from streamgmm.config.schema import EntityConfig
+from streamgmm.defaults import ENTITY_DEFAULTS, MIN_WARMUP, MODEL_DEFAULTS
 from streamgmm.detector import Detector
 from streamgmm.gmm import OnlineGaussianMixture
 
@@ -25,7 +26,21 @@ def test_every_default_of_the_table_is_the_config_detector_and_model_default():
         assert detector[field.name] == value, field.name
         if field.name in model:
             assert model[field.name] == value, field.name
-    assert set(config_defaults) == {f.name for f in dataclasses.fields(MODEL_DEFAULTS)}
+    sections = {"entity"}
+    assert set(config_defaults) - sections == {f.name for f in dataclasses.fields(MODEL_DEFAULTS)}
+
+
+def test_every_entity_default_is_the_config_and_detector_default():
+    config_defaults = {f.name: f.metadata["default"] for f in dataclasses.fields(EntityConfig)}
+    detector = signature_defaults(Detector)
+    detector_names = {"min_events": "min_entity_events"}
+    for field in dataclasses.fields(ENTITY_DEFAULTS):
+        value = getattr(ENTITY_DEFAULTS, field.name)
+        assert config_defaults[field.name] == value, field.name
+        assert detector[detector_names.get(field.name, field.name)] == value, field.name
+    assert set(config_defaults) - {"enabled"} == {
+        f.name for f in dataclasses.fields(ENTITY_DEFAULTS)
+    }
 
 
 def test_warmup_has_one_lower_bound_everywhere():

@@ -1,0 +1,514 @@
+"""Per-entity models adapted from the population mixture (GMM-UBM).
+
+After Reynolds, Quatieri & Dunn (2000): each entity (a host, a device, an
+account) keeps only its sufficient statistics under the population's
+responsibilities, and its model is the MAP adaptation of the population's
+with relevance factor r (see DESIGN.md, section 7). With ``n_k`` the
+entity's soft count of component k, ``alpha_k = n_k / (n_k + r)``:
+
+- ``w_k'`` proportional to ``alpha_k n_k / N + (1 - alpha_k) w_k``,
+- ``mu_k' = alpha_k E_k[x] + (1 - alpha_k) mu_k``,
+- ``s_k'^2 = alpha_k Var_k[x] + (1 - alpha_k) s_k^2`` (DESIGN.md's formula less its
+  ``alpha_k (1 - alpha_k)(E_k[x] - mu_k)^2``, see :meth:`EntityTable.adapted`),
+  floored at ``ENTITY_REG_SHARE * reg_covar``.
+
+Only the diagonal second moments are kept (memory per entity stays small):
+``diag`` uses the adapted variances as they are; ``spherical`` their mean;
+``full`` keeps the population's correlations and adapts the scales
+(``Sigma' = S R S``, S the adapted standard deviations, R the component's
+correlation), so the evaluation is one GEMM-like product per row, as the
+population's.
+
+The statistics live in contiguous float32 arrays (rows reused, grown by
+doubling), keyed by a dict. Rows are evicted by decayed activity when the
+table is full, so a burst of one-off keys cannot push out busy entities.
+
+Examples
+--------
+>>> import numpy as np
+>>> table = EntityTable(n_components=2, n_features=3)
+>>> rows = table.rows_for(np.array(["web-1", "db-1"]), insert=True)
+>>> len(table), rows.tolist(), table.keys_of(rows)
+(2, [0, 1], ['web-1', 'db-1'])
+>>> table.rows_for(np.array(["db-1", "new"])).tolist()
+[1, -1]
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .gmm import _LOG_2PI, _TINY
+
+ENTITY_PATIENCE = 100  # horizon, in an entity's events, of its moving share of flagged events
+ACTIVITY_HORIZON_MIN = 10_000  # events: half-life of the activity that ranks entities for eviction
+EVICT_TO = 0.95  # share of the cap kept after a bulk eviction
+# the entities' variance floor, as a share of reg_covar: a host's own noise is typically
+# far below the population's spread, and reg_covar (sized for the population) would hide
+# its anomalies (measured in benchmarks/entities.py: AUC 0.94 -> 0.98 at r = 1)
+ENTITY_REG_SHARE = float(__import__("os").environ.get("STREAMGMM_ENTITY_REG_SHARE", "0.01"))
+NO_LIMIT = np.iinfo(np.int64).min
+
+# per-row arrays other than the statistics: name -> dtype
+_SCALARS = {
+    "count": np.int64,  # events learnt since the entity's statistics started (or were reset)
+    "updated": np.int64,  # event clock of the last update of the statistics (lazy decay)
+    "activity": np.float64,  # decayed count of events seen (all of them, flagged or not)
+    "seen_at": np.int64,  # event clock of the last activity update
+    "last_seen": np.float64,  # wall-clock seconds of the last event
+    "share": np.float32,  # moving share of flagged events
+    "learn_from": np.int64,  # input offset below which the entity learns nothing
+}
+
+
+class EntityTable:
+    """Sufficient statistics of the entities, in contiguous arrays.
+
+    Parameters
+    ----------
+    n_components, n_features : int
+        K and d of the population mixture.
+    max_entities : int
+        Cap; past it the least active are evicted, in bulk, to ~95% of it.
+    idle_ttl_s : float or None
+        Seconds without an event after which :meth:`expire_idle` drops an entity.
+
+    Attributes
+    ----------
+    n, m1, m2 : arrays of shape (capacity, K), (capacity, K, d), (capacity, K, d), float32
+        Soft counts, first and second (diagonal) moments per component.
+    clock : int
+        Events learnt by the detector's micro-batches since the warm-up: the time
+        of decay and activity, in events.
+    n_evicted : dict {"cap": int, "idle": int}
+    """
+
+    def __init__(
+        self,
+        n_components: int,
+        n_features: int,
+        max_entities: int = 1_000_000,
+        idle_ttl_s: float | None = None,
+        capacity: int = 16,
+    ) -> None:
+        if int(max_entities) < 1:
+            raise ValueError(f"max_entities must be >= 1, got {max_entities!r}")
+        if idle_ttl_s is not None and not idle_ttl_s > 0:
+            raise ValueError(f"idle_ttl_s must be > 0 or None, got {idle_ttl_s!r}")
+        self.n_components = int(n_components)
+        self.n_features = int(n_features)
+        self.max_entities = int(max_entities)
+        self.idle_ttl_s = idle_ttl_s
+        self.activity_horizon = max(self.max_entities, ACTIVITY_HORIZON_MIN)
+        self.clock = 0
+        self.index: dict[str, int] = {}
+        self.n_evicted = {"cap": 0, "idle": 0}
+        self._removed: set[str] = set()
+        self._allocate(max(int(capacity), 1))
+
+    # -- storage --------------------------------------------------------------
+
+    def _allocate(self, capacity: int) -> None:
+        K, d = self.n_components, self.n_features
+        self.n = np.zeros((capacity, K), dtype=np.float32)
+        self.m1 = np.zeros((capacity, K, d), dtype=np.float32)
+        self.m2 = np.zeros((capacity, K, d), dtype=np.float32)
+        for name, dtype in _SCALARS.items():
+            setattr(self, name, np.zeros(capacity, dtype=dtype))
+        self.learn_from[:] = NO_LIMIT
+        self.dirty = np.zeros(capacity, dtype=bool)
+        self.saved = np.zeros(capacity, dtype=bool)  # in the store: its removal is written
+        self.keys: list[str | None] = [None] * capacity
+        self._free: list[int] = []
+        self._top = 0  # rows at or above it were never used
+
+    @property
+    def capacity(self) -> int:
+        return len(self.keys)
+
+    def _arrays(self) -> list[str]:
+        return ["n", "m1", "m2", *_SCALARS, "dirty", "saved"]
+
+    def _grow(self, needed: int) -> None:
+        capacity = self.capacity
+        while capacity < needed:
+            capacity *= 2
+        for name in self._arrays():
+            old = getattr(self, name)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            new[: len(old)] = old
+            if name == "learn_from":
+                new[len(old) :] = NO_LIMIT
+            setattr(self, name, new)
+        self.keys.extend([None] * (capacity - len(self.keys)))
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays (the dict and the key strings apart)."""
+        return sum(getattr(self, name).nbytes for name in self._arrays())
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def grow_components(self, kept: np.ndarray, n_new: int) -> None:
+        """The population kept its components ``kept`` (in order) and gained ``n_new``:
+        the entities' statistics follow (zero for the new components)."""
+        kept = np.asarray(kept, dtype=np.intp)
+        for name in ("n", "m1", "m2"):
+            old = getattr(self, name)[:, kept]
+            pad = np.zeros((old.shape[0], n_new, *old.shape[2:]), dtype=old.dtype)
+            setattr(self, name, np.ascontiguousarray(np.concatenate([old, pad], axis=1)))
+        self.n_components = len(kept) + int(n_new)
+
+    # -- keys -------------------------------------------------------------------
+
+    def rows_for(self, keys: np.ndarray, insert: bool = False) -> np.ndarray:
+        """Rows of ``keys`` (distinct str, shape (U,)): -1 where absent, unless ``insert``."""
+        rows = np.fromiter(
+            map(self.index.get, keys.tolist(), itertools.repeat(-1)),
+            dtype=np.intp,
+            count=len(keys),
+        )
+        if insert:
+            for i in np.flatnonzero(rows < 0):  # one step per new entity
+                rows[i] = self._insert(str(keys[i]))
+        return rows
+
+    def _insert(self, key: str) -> int:
+        if self._free:
+            row = self._free.pop()
+        else:
+            if self._top >= self.capacity:
+                self._grow(self._top + 1)
+            row = self._top
+            self._top += 1
+        self._clear(np.array([row]))
+        self.index[key] = row
+        self.keys[row] = key
+        self.updated[row] = self.clock
+        self.seen_at[row] = self.clock
+        self._removed.discard(key)
+        return row
+
+    def _clear(self, rows: np.ndarray) -> None:
+        for name in self._arrays():
+            getattr(self, name)[rows] = 0
+        self.learn_from[rows] = NO_LIMIT
+
+    def reset_statistics(self, rows: np.ndarray) -> None:
+        """The entities start again from the population (a level shift for good)."""
+        self.n[rows] = 0
+        self.m1[rows] = 0
+        self.m2[rows] = 0
+        self.count[rows] = 0
+        self.share[rows] = 0
+        self.dirty[rows] = True
+
+    def remove(self, rows: np.ndarray, reason: str | None = None) -> None:
+        """Drop the entities of ``rows``; counted as evicted for ``reason``."""
+        for row in np.asarray(rows, dtype=np.intp).tolist():
+            key = self.keys[row]
+            if key is None:
+                continue
+            del self.index[key]
+            self.keys[row] = None
+            if self.saved[row]:  # a key never saved needs no tombstone
+                self._removed.add(key)
+            self._free.append(row)
+        self._clear(rows)
+        if reason is not None:
+            self.n_evicted[reason] += len(rows)
+
+    def keys_of(self, rows: np.ndarray) -> list[str]:
+        return [self.keys[r] for r in np.asarray(rows).tolist()]
+
+    def occupied(self) -> np.ndarray:
+        """Rows in use, in increasing order."""
+        return np.sort(np.fromiter(self.index.values(), dtype=np.intp, count=len(self.index)))
+
+    # -- activity and eviction ----------------------------------------------------
+
+    def rank(self, rows: np.ndarray) -> np.ndarray:
+        """``log2(activity) + last event clock / H``: who is kept when the table is full."""
+        with np.errstate(divide="ignore"):
+            return np.log2(self.activity[rows]) + self.seen_at[rows] / self.activity_horizon
+
+    def decayed_activity(self, rows: np.ndarray) -> np.ndarray:
+        age = (self.clock - self.seen_at[rows]) / self.activity_horizon
+        return self.activity[rows] * np.exp2(-age)
+
+    def evict(self, keep: int) -> int:
+        """Evict the lowest-ranked entities down to ``keep``; returns how many went."""
+        excess = len(self) - keep
+        if excess <= 0:
+            return 0
+        rows = self.occupied()
+        worst = rows[np.argpartition(self.rank(rows), excess - 1)[:excess]]
+        self.remove(worst, "cap")
+        return excess
+
+    def enforce_cap(self, now: float) -> None:
+        """Past the cap: drop the idle first, then the least active, to ~95% of the cap."""
+        if len(self) <= self.max_entities:
+            return
+        self.expire_idle(now)
+        if len(self) > self.max_entities:
+            self.evict(int(EVICT_TO * self.max_entities))
+
+    def expire_idle(self, now: float) -> int:
+        """Drop the entities without an event for ``idle_ttl_s`` seconds; returns how many."""
+        if self.idle_ttl_s is None or not self.index:
+            return 0
+        rows = self.occupied()
+        idle = rows[self.last_seen[rows] < now - self.idle_ttl_s]
+        self.remove(idle, "idle")
+        return len(idle)
+
+    # -- the model ----------------------------------------------------------------
+
+    def decay_factor(self, rows: np.ndarray, half_life: float | None) -> np.ndarray:
+        """``0.5 ** (events since the last update / half_life)`` of shape (len(rows),)."""
+        if half_life is None:
+            return np.ones(len(rows))
+        return np.exp2(-(self.clock - self.updated[rows]) / float(half_life))
+
+    def adapted(
+        self,
+        rows: np.ndarray,
+        weights: np.ndarray,
+        means: np.ndarray,
+        variances: np.ndarray,
+        relevance: float,
+        reg_covar: float,
+        half_life: float | None = None,
+        spherical: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """MAP-adapted parameters of the entities of ``rows`` (U,).
+
+        Parameters
+        ----------
+        weights : (K,), means : (K, d), variances : (K, d)
+            The population's (variances: the diagonal of its covariances).
+
+        Returns
+        -------
+        log_weights : (U, K); means : (U, K, d); variances : (U, K, d), floored at reg_covar
+        """
+        n_raw = self.n[rows].astype(np.float64)
+        safe = np.maximum(n_raw, 1e-6)[:, :, None]  # below it, alpha is nothing anyway
+        first = self.m1[rows] / safe
+        second = self.m2[rows] / safe
+        n = n_raw * self.decay_factor(rows, half_life)[:, None]
+        alpha = n / (n + relevance)
+        total = n.sum(axis=1, keepdims=True)
+        # the weights adapt with the entity's total count: a component the entity never
+        # visits loses its weight as the entity's own evidence grows (per-component alphas
+        # would keep the population's weight on it, and explain the host's anomalies)
+        alpha_w = total / (total + relevance)
+        w = alpha_w * n / np.maximum(total, _TINY) + (1.0 - alpha_w) * weights
+        w /= w.sum(axis=1, keepdims=True)
+        a = alpha[:, :, None]
+        mu = a * first + (1.0 - a) * means
+        # alpha E[(x - E x)^2] + (1 - alpha) s^2: the design's formula less its term
+        # alpha (1 - alpha)(E x - mu)^2, which widens a young entity far from its
+        # component's mean by that distance, so that all its events score above the
+        # entities' threshold (and, not learnt, it never grows out of it; measured)
+        var = a * np.maximum(second - first**2, 0.0) + (1.0 - a) * variances
+        np.maximum(var, reg_covar * ENTITY_REG_SHARE, out=var)
+        if spherical:
+            var[:] = var.mean(axis=2, keepdims=True)
+        return np.log(np.maximum(w, _TINY)), mu, var
+
+    def learn(
+        self,
+        rows: np.ndarray,
+        inverse: np.ndarray,
+        Z: np.ndarray,
+        resp: np.ndarray,
+        learn: np.ndarray,
+        flagged: np.ndarray,
+        half_life: float | None,
+        regime_share: float,
+        now: float,
+    ) -> np.ndarray:
+        """Fold one micro-batch into the statistics of its entities.
+
+        Parameters
+        ----------
+        rows : (U,) the entities' rows; inverse : (n,) each event's index in rows
+        Z : (n, d) standardised events; resp : (n, K) population responsibilities
+        learn : (n,) bool, events the entity learns; flagged : (n,) bool, flagged events
+        now : wall-clock seconds
+
+        Returns
+        -------
+        reset : rows whose share of flagged events passed ``regime_share`` (their
+        statistics start again from the population).
+        """
+        U, K = len(rows), self.n_components
+        seen = np.bincount(inverse, minlength=U)
+        n_flagged = np.bincount(inverse, weights=flagged, minlength=U)
+        n_learnt = np.bincount(inverse, weights=learn, minlength=U).astype(np.int64)
+        # lazy decay of the statistics, then the batch's
+        if half_life is not None:
+            f = self.decay_factor(rows, half_life).astype(np.float32)
+            self.n[rows] *= f[:, None]
+            self.m1[rows] *= f[:, None, None]
+            self.m2[rows] *= f[:, None, None]
+        self.updated[rows] = self.clock
+        # sums per entity: the events sorted by entity, one np.add.reduceat
+        d = self.n_features
+        order = np.flatnonzero(learn)
+        order = order[np.argsort(inverse[order], kind="stable")]
+        r = resp[order]
+        z = Z[order]
+        weighted = r[:, :, None] * z[:, None, :]
+        columns = np.concatenate(
+            [r, weighted.reshape(len(r), K * d), (weighted * z[:, None, :]).reshape(len(r), K * d)],
+            axis=1,
+        )
+        sums = np.zeros((U, columns.shape[1]))
+        if len(order):
+            owner = inverse[order]
+            starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+            sums[owner[starts]] = np.add.reduceat(columns, starts, axis=0)
+        self.n[rows] += sums[:, :K]
+        self.m1[rows] += sums[:, K : K + K * d].reshape(U, K, d)
+        self.m2[rows] += sums[:, K + K * d :].reshape(U, K, d)
+        self.count[rows] += n_learnt
+        # activity (decayed with the eviction horizon) and the moving share of flagged events
+        self.activity[rows] = self.decayed_activity(rows) + seen
+        self.seen_at[rows] = self.clock
+        self.last_seen[rows] = now
+        keep = (1.0 - 1.0 / ENTITY_PATIENCE) ** seen
+        self.share[rows] = self.share[rows] * keep + (1.0 - keep) * n_flagged / seen
+        self.dirty[rows] = True
+        reset = rows[self.share[rows] > regime_share]
+        if len(reset):
+            self.reset_statistics(reset)
+        return reset
+
+    def heaviest(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` entities of highest decayed activity, with it, highest first."""
+        rows = self.occupied()
+        activity = self.decayed_activity(rows)
+        order = np.argsort(-activity, kind="stable")[: max(int(n), 0)]
+        return [(self.keys[rows[i]], float(activity[i])) for i in order]
+
+    # -- persistence --------------------------------------------------------------
+
+    def entity_state(self, row: int) -> dict[str, Any]:
+        """One entity's record: numeric arrays and scalars only."""
+        state: dict[str, Any] = {
+            name: getattr(self, name)[row].copy() for name in ("n", "m1", "m2")
+        }
+        for name in _SCALARS:
+            state[name] = getattr(self, name)[row].item()
+        return state
+
+    def load_entity(self, key: str, state: Mapping[str, Any]) -> int:
+        row = self.index.get(key)
+        if row is None:
+            row = self._insert(key)
+        K, d = self.n_components, self.n_features
+        n = np.asarray(state["n"], dtype=np.float32).reshape(-1)
+        k = min(len(n), K)  # a record written before components were added has fewer
+        self.n[row] = 0
+        self.m1[row] = 0
+        self.m2[row] = 0
+        self.n[row, :k] = n[:k]
+        self.m1[row, :k] = np.asarray(state["m1"], dtype=np.float32).reshape(-1, d)[:k]
+        self.m2[row, :k] = np.asarray(state["m2"], dtype=np.float32).reshape(-1, d)[:k]
+        for name, dtype in _SCALARS.items():
+            if name in state:
+                getattr(self, name)[row] = np.asarray(state[name], dtype=dtype)
+        self.dirty[row] = False
+        self.saved[row] = True
+        return row
+
+    def changes(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        rows = np.flatnonzero(self.dirty[: self._top])
+        changed = {self.keys[r]: self.entity_state(r) for r in rows.tolist()}
+        return changed, sorted(self._removed)
+
+    def mark_saved(self) -> None:
+        self.saved[self.occupied()] = True
+        self.dirty[:] = False
+        self._removed.clear()
+
+    def get_state(self) -> dict[str, Any]:
+        rows = self.occupied()
+        state: dict[str, Any] = {
+            "keys": np.array(self.keys_of(rows), dtype=str),
+            "clock": int(self.clock),
+            "n_evicted": dict(self.n_evicted),
+            "n_components": self.n_components,
+        }
+        for name in ("n", "m1", "m2", *_SCALARS):
+            state[name] = getattr(self, name)[rows]
+        return state
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        keys = [str(k) for k in np.asarray(state["keys"]).tolist()]
+        self.clock = int(state["clock"])
+        self.n_evicted = {k: int(v) for k, v in dict(state["n_evicted"]).items()}
+        self.n_components = int(state.get("n_components", self.n_components))
+        self._allocate(max(1 << max(len(keys) - 1, 0).bit_length(), 16))
+        E = len(keys)
+        for name in ("n", "m1", "m2", *_SCALARS):
+            getattr(self, name)[:E] = np.asarray(state[name])
+        self.index = dict(zip(keys, range(E), strict=True))
+        self.keys[:E] = keys
+        self.saved[:E] = True  # as far as we know: their removal is written
+        self._top = E
+
+
+def mixture_terms(
+    Z: np.ndarray,
+    log_weights: np.ndarray,
+    means: np.ndarray,
+    variances: np.ndarray,
+    population_variances: np.ndarray | None = None,
+    precision_cholesky: np.ndarray | None = None,
+    log_det: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row mixtures: ``log w_k + log N(z | k)`` (n, K), squared distances (n, K), and
+    the per-field ``log N(z_j | k)`` (n, K, d) (diagonal only, else None).
+
+    Z : (n, d); log_weights : (n, K); means, variances : (n, K, d). With
+    ``precision_cholesky`` (K, d, d) and ``log_det`` (K,) of the population's full
+    covariances and their diagonal ``population_variances`` (K, d), the covariance is
+    ``S R S``: the population's correlations, the adapted scales.
+    """
+    diff = Z[:, None, :] - means
+    d = Z.shape[1]
+    if precision_cholesky is None:
+        sq = diff**2 / variances
+        per_field = -0.5 * (_LOG_2PI + np.log(variances) + sq)
+        maha = sq.sum(axis=2)
+        return log_weights + per_field.sum(axis=2), maha, per_field
+    scale = np.sqrt(population_variances / variances)  # (n, K, d)
+    y = np.einsum("nkd,kde->nke", diff * scale, precision_cholesky)
+    maha = (y**2).sum(axis=2)
+    weighted = log_weights - 0.5 * d * _LOG_2PI + log_det + np.log(scale).sum(axis=2) - 0.5 * maha
+    return weighted, maha, None
+
+
+def field_surprise_diag(
+    per_field: np.ndarray, weighted: np.ndarray, log_likelihood: np.ndarray, means: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``-log p(z_j | z_-j)`` (n, d) and ``E[z_j | z_-j]`` (n, d) of per-row diagonal
+    mixtures: ``p(z_-j)`` is the mixture with field j marginalised out."""
+    without = weighted[:, :, None] - per_field  # (n, K, d): log w_k + log N_k(z_-j)
+    peak = without.max(axis=1, keepdims=True)
+    e = np.exp(without - peak)
+    total = e.sum(axis=1)
+    surprise = np.log(total) + peak[:, 0, :] - log_likelihood[:, None]
+    expected = (e * means).sum(axis=1) / total
+    return surprise, expected
