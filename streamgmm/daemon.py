@@ -970,6 +970,7 @@ class Daemon:
                     entities=changes,
                     removed=removed,
                     next_offset=self.offsets.positions[tp],
+                    entity_offset=unit.detector.pending_offset if entity else None,
                 )
                 records += n
                 size += b

@@ -317,14 +317,25 @@ def test_sigkill_inside_a_state_write_loses_and_repeats_no_entity_learning(
         _send(produce, topics["events"], events)
         sent += len(events)
         daemon = _start(tmp_path, broker, topics, group, settings, f"killed{attempt}")
-        more = fleet.round(2)  # arriving while the daemon checkpoints
-        sender = threading.Thread(target=_send, args=(produce, topics["events"], more))
+        stop = threading.Event()
+        streamed = [0]
+
+        def stream(stop=stop, streamed=streamed) -> None:  # until the kill: writes go on
+            for _ in range(8):
+                if stop.is_set():
+                    return
+                more = fleet.round(1)
+                _send(produce, topics["events"], more)
+                streamed[0] += len(more)
+
+        sender = threading.Thread(target=stream)
         sender.start()
         try:
             _kill_inside_a_write(broker, topics, daemon)
         finally:
+            stop.set()
             sender.join()
-        sent += len(more)
+        sent += streamed[0]
         units = _units(broker, topics)
         inside = any(u.head is not None and u.learn_from for u in units)
         if inside:
