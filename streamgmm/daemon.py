@@ -69,14 +69,17 @@ from .config import Config
 from .decode_worker import ANSWER_TIMEOUT_S, Decoder, Pending, default_workers
 from .detector import BatchResult, Detector
 from .events import DecodeError
+from .kafka_internals import generation_lost
 from .metrics import Health, Metrics, MetricsServer, start_metrics_server
 from .notify import Notifier
 from .offsets import Offsets
 from .records import MODEL_ERROR, encode_dead_letter, encode_score_records, outlier_records
 from .sinks import SendHandle, Sink, sink_from_config
 from .sources import Source, SourceError, TopicPartition, next_offsets, source_from_config
+from .state_topic import StateStore, StateTopicError
 from .status import Status
 from .threshold import Threshold, make_threshold
+from .units import Unit, Units, merge_results
 
 log = logging.getLogger("streamgmm.daemon")
 
@@ -94,8 +97,14 @@ SLOW_ITERATION_S = 0.25
 FUTURE_TOLERANCE_S = 1.0
 
 
+RESTORE_TIMEOUT_S = 60.0  # reading one partition's state to its end
+SPLIT_LOGS_PER_MINUTE = 10  # entities seen in two partitions: log lines, the metric counts all
+ENTITY_HOMES_MAX = 2_000_000  # entity -> partition remembered to see splits (then restarted)
+
 _value = attrgetter("value")
 _timestamp = attrgetter("timestamp")
+_offset = attrgetter("offset")
+_partition = attrgetter("partition")
 
 
 class FatalError(Exception):
@@ -221,6 +230,18 @@ def _refuse_or_fresh(
     return fresh
 
 
+def state_store(config: Config) -> StateStore:
+    """The state topic's store (``checkpoint.topic``); no I/O until it is used."""
+    k = config.source.kafka
+    return StateStore(
+        k.bootstrap_servers,
+        config.checkpoint.topic,
+        k.topic,
+        client=k.client,
+        fingerprint=fingerprint(config),
+    )
+
+
 def _max_block_s(notifier: Notifier) -> float | None:
     """The longest anything the loop waits for may take (None: no systemd watchdog).
 
@@ -255,8 +276,13 @@ class Daemon:
     Parameters
     ----------
     config : Config
-    detector : Detector
-        The model, fresh or restored.
+    detector : Detector, optional
+        The model, fresh or restored, of every partition (no state topic).
+    units : Units, optional
+        Instead of ``detector``: the models the daemon holds, one per partition
+        with a state topic (:class:`streamgmm.units.Units`).
+    store : StateStore, optional
+        The state topic's store (``checkpoint.topic``), with per-partition ``units``.
     source : Source
     sink : Sink
     offsets : Offsets, optional
@@ -274,9 +300,11 @@ class Daemon:
         self,
         config: Config,
         *,
-        detector: Detector,
+        detector: Detector | None = None,
         source: Source,
         sink: Sink,
+        units: Units | None = None,
+        store: StateStore | None = None,
         offsets: Offsets | None = None,
         metrics: Metrics | None = None,
         health: Health | None = None,
@@ -286,7 +314,12 @@ class Daemon:
     ) -> None:
         self.config = config
         self.fields = list(config.features.fields)
-        self.detector = detector
+        if units is None:
+            if detector is None:
+                raise TypeError("Daemon needs a detector or units")
+            units = Units.shared(detector)
+        self.units = units
+        self.store = store
         self.source = source
         self.sink = sink
         self.offsets = offsets if offsets is not None else Offsets()
@@ -314,12 +347,14 @@ class Daemon:
         self._last_checkpoint = time.monotonic()
         self._dirty = False  # events processed since the last checkpoint
         self._backoff = 0.0
-        self._reseeds_reported = self.detector.model.n_reseeds_
         self._last_lag = 0.0
         self._warned_future = False  # events timestamped in the future: logged once
-        self._seen_warmup = self.detector.is_warmed_up
+        self._seen_warmup = self.units.is_warmed_up
+        self._topic_ensured = store is None
+        self._entity_homes: dict[str, int] = {}  # entity -> the partition it was seen in
+        self._split_logged: deque[float] = deque()
         self.source.set_rebalance_callbacks(self._on_assign, self._on_revoke, self._on_lost)
-        self.status.set("warmed_up", self.detector.is_warmed_up, "warming up")
+        self.status.set("warmed_up", self.units.is_warmed_up, "warming up")
         self.status.set("assigned", bool(self.source.assignment()), "no partitions assigned")
         self.status.set("connected", self.source.connected(), "not connected to the brokers yet")
         self._publish_model_metrics(None)
@@ -351,6 +386,10 @@ class Daemon:
         restored = restore(config)  # 1
         if restored.rejected is not None:
             metrics.checkpoint_rejected.labels(reason=restored.rejected).set(1)
+        units, store = None, None
+        if config.checkpoint.topic is not None:  # the units are restored as assigned
+            units = Units.per_partition(partial(build_detector, config))
+            store = state_store(config)
         if source is None:  # 2
             source = source_from_config(config, max_block_s=_max_block_s(notifier))
         if sink is None:
@@ -360,6 +399,8 @@ class Daemon:
         return cls(
             config,
             detector=restored.detector,
+            units=units,
+            store=store,
             source=source,
             sink=sink,
             offsets=restored.offsets,
@@ -369,6 +410,15 @@ class Daemon:
             server=server,
             on_batch=on_batch,
         )
+
+    @property
+    def detector(self) -> Detector:
+        """The model of every partition (no state topic); with one, the unit that has seen
+        the most events."""
+        unit = self.units.get(None) if self.units.is_shared else None
+        if unit is not None:
+            return unit.detector
+        return self.units.leader() or self.units.build()
 
     # -- control ----------------------------------------------------------------
 
@@ -429,6 +479,7 @@ class Daemon:
     def _step(self) -> bool:
         """One turn of the loop; False when a file source is exhausted.
 
+        0. restore the units of partitions just assigned (state topic), then resume them;
         1. poll (not waiting while a batch is being decoded elsewhere);
         2. hand the records to the decoder (here, or its child process);
         3. process the batches decoded (score, learn, publish: :meth:`_process`),
@@ -438,6 +489,8 @@ class Daemon:
         """
         self.status.tick()
         began = time.monotonic()
+        if self.units.to_restore:  # 0: partitions assigned, paused until restored
+            self._restore_assigned()
         records = self._poll(wait=not self._in_flight)  # 1
         polled = time.monotonic()
         if records:  # 2
@@ -588,13 +641,12 @@ class Daemon:
         result = None
         if len(decoded.X):
             try:
-                entity = self._entity_args(records, decoded)  # keys, offsets: per entity
-                result = self.detector.process(decoded.X, **entity)  # 2
+                result, seen = self._score(records, decoded)  # 2
             except Exception as exc:  # one batch must not stop the stream (a crash loop)
                 self._model_error(records, decoded, exc)
             else:
-                self._send_outliers(records, decoded, result)  # 3
-                self._send_scores(records, decoded, result)
+                self._send_outliers(records, decoded, result, seen)  # 3
+                self._send_scores(records, decoded, result, seen)
         self.offsets.advance(next_offsets(records))  # 4
         self._dirty = True
         self._count(records, decoded, result)
@@ -602,12 +654,82 @@ class Daemon:
         if self.on_batch is not None:
             self.on_batch(records, decoded, result)
 
-    def _entity_args(self, records: list, decoded) -> dict[str, Any]:
-        """Keys and input offsets of the decoded rows, when each entity has its own model."""
-        if not self.config.model.entity.enabled:
-            return {}
-        offsets = np.fromiter((records[i].offset for i in decoded.ok_index), np.int64)
-        return {"keys": decoded.keys, "offsets": offsets}
+    def _score(self, records: list, decoded: Any) -> tuple[BatchResult, np.ndarray]:
+        """Each unit's rows of the batch through its detector; the results in the batch's
+        order, and the events each row's model had seen (n_ok,).
+
+        With ``model.entity.enabled`` each row carries its entity key and input offset.
+        """
+        ok = decoded.ok_index
+        n = len(ok)
+        if self.units.is_shared:
+            partitions = np.zeros(n, dtype=np.int64)
+        else:
+            partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=len(records))
+            partitions = partitions[ok]
+        entity = self.config.model.entity.enabled
+        if entity:
+            offsets = np.fromiter(map(_offset, records), dtype=np.int64, count=len(records))[ok]
+            keys = np.asarray(decoded.keys, dtype=object)
+        pieces = []
+        seen = np.empty(n, dtype=np.int64)
+        for tp, rows in self.units.split(records[0].topic, partitions):
+            unit = self._unit(tp)
+            if entity:
+                unit_keys = keys[rows].tolist()
+                if tp is not None:
+                    self._check_split(tp.partition, unit_keys)
+                result = unit.detector.process(
+                    decoded.X[rows], keys=unit_keys, offsets=offsets[rows]
+                )
+            else:
+                result = unit.detector.process(decoded.X[rows])
+            unit.dirty = True
+            seen[rows] = unit.detector.n_seen
+            pieces.append((rows, result))
+        return merge_results(pieces, n), seen
+
+    def _unit(self, tp: TopicPartition | None) -> Unit:
+        unit = self.units.get(tp)
+        if unit is None:  # records of a partition never assigned: not expected
+            assert tp is not None
+            log.warning("records of %s:%d, which has no model here: starting one", *tp)
+            unit = self.units.add(tp, self.units.build())
+        return unit
+
+    def _check_split(self, partition: int, keys: list) -> None:
+        """Count (and log, a few per minute) entities seen in a second partition here."""
+        homes = self._entity_homes
+        if len(homes) > ENTITY_HOMES_MAX:
+            homes.clear()
+        split = []
+        for key in set(keys):
+            if key is None:
+                continue
+            home = homes.setdefault(key, partition)
+            if home != partition and home >= 0:
+                homes[key] = -1  # counted once
+                split.append((key, home))
+        if not split:
+            return
+        self.metrics.entities_split_total.inc(len(split))
+        now = time.monotonic()
+        while self._split_logged and now - self._split_logged[0] > 60.0:
+            self._split_logged.popleft()
+        for key, home in split:
+            if len(self._split_logged) >= SPLIT_LOGS_PER_MINUTE:
+                break
+            self._split_logged.append(now)
+            log.warning(
+                "entity %r is in input partitions %d and %d: its events are split between "
+                "two models, each seeing part of them; key the producer by the entity "
+                "(features.key) so each entity stays in one partition (counted in "
+                "streamgmm_entities_split_total; at most %d of these lines a minute)",
+                key,
+                home,
+                partition,
+                SPLIT_LOGS_PER_MINUTE,
+            )
 
     def _send_dead_letters(self, records: list, errors: Iterable) -> None:
         errors = list(errors)
@@ -645,9 +767,11 @@ class Daemon:
             exc_info=exc,
         )
 
-    def _send_outliers(self, records: list, decoded: Any, result: BatchResult) -> None:
+    def _send_outliers(
+        self, records: list, decoded: Any, result: BatchResult, seen: np.ndarray
+    ) -> None:
         outliers = outlier_records(
-            records, decoded, result, self.fields, self.detector.n_seen, detected_at=time.time()
+            records, decoded, result, self.fields, seen, detected_at=time.time()
         )
         for index, key, value in outliers:
             record = records[index]
@@ -668,7 +792,9 @@ class Daemon:
             if delay >= -FUTURE_TOLERANCE_S:  # beyond: counted in _count, not a delay
                 self.metrics.outlier_delay_seconds.observe(max(0.0, delay))
 
-    def _send_scores(self, records: list, decoded: Any, result: BatchResult) -> None:
+    def _send_scores(
+        self, records: list, decoded: Any, result: BatchResult, seen: np.ndarray
+    ) -> None:
         if "scores" not in self.sink.roles:
             return
         rows = [records[i] for i in decoded.ok_index]
@@ -677,7 +803,7 @@ class Daemon:
             offsets=[r.offset for r in rows], timestamps_ms=[r.timestamp for r in rows],
             keys=decoded.keys, log_likelihood=result.log_likelihood, score=result.score,
             threshold=result.threshold, outlier=result.is_outlier, component=result.component,
-            responsibilities=result.responsibilities, model_events_seen=self.detector.n_seen,
+            responsibilities=result.responsibilities, model_events_seen=seen,
         )  # fmt: skip
         for record, value in zip(rows, values, strict=True):
             self.sink.send("scores", record.key, value)
@@ -724,15 +850,31 @@ class Daemon:
             )
 
     def _publish_model_metrics(self, result: BatchResult | None) -> None:
+        """Threshold and components of the leading unit (the one model, or the partition's
+        that has seen the most); reseeds, evictions and entities summed over the units."""
+        units = self.units
         detector = self.detector
         if detector.is_warmed_up and math.isfinite(detector.threshold.value):
             self.metrics.threshold.set(detector.threshold.value)
+        for unit in units:
+            reseeds = unit.detector.model.n_reseeds_
+            if reseeds > unit.reseeds:
+                self.metrics.component_reseeds_total.inc(reseeds - unit.reseeds)
+            unit.reseeds = reseeds
+            entities = getattr(unit.detector, "entities", None)
+            for reason, n in (getattr(entities, "n_evicted", None) or {}).items():
+                if n > unit.evicted.get(reason, 0):
+                    self.metrics.entities_evicted_total.labels(reason=reason).inc(
+                        n - unit.evicted.get(reason, 0)
+                    )
+                unit.evicted[reason] = n
+        if self.config.model.entity.enabled:
+            self.metrics.entities.set(units.entities_held())
+            self.metrics.entities_max.set(
+                self.config.model.entity.max_entities * max(1, len(units))
+            )
         if detector.is_warmed_up:
             self.metrics.set_components(detector.model.weights_)
-            reseeds = detector.model.n_reseeds_
-            if reseeds > self._reseeds_reported:
-                self.metrics.component_reseeds_total.inc(reseeds - self._reseeds_reported)
-            self._reseeds_reported = reseeds
             if not self._seen_warmup:
                 self._seen_warmup = True
                 self.status.soon()
@@ -747,7 +889,7 @@ class Daemon:
                 )
         self.status.set(
             "warmed_up",
-            detector.is_warmed_up,
+            units.is_warmed_up,
             f"warming up ({detector.n_seen}/{detector.warmup} events)",
         )
 
@@ -759,10 +901,13 @@ class Daemon:
 
         1. Finish the batches in hand (scored, learnt, their records sent).
         2. Flush the sink: every record sent so far acknowledged.
-        3. Write the checkpoint (model, threshold, offsets) atomically.
+        3. Write the checkpoint (model, threshold, offsets) atomically; with a state
+           topic, each owned unit's changed entities and head, then flush the store
+           (:meth:`_write_state`).
         4. Commit its offsets to the group.
         """
         self._finish_batches()  # 1
+        self._expire_idle()
         self._last_checkpoint = time.monotonic()
         if not self._flush(FLUSH_TIMEOUT_S):  # 2
             self._report_failures()
@@ -773,9 +918,85 @@ class Daemon:
             )
             return False
         self._report_failures()
-        if not self._write_checkpoint():  # 3
+        written = self._write_state() if self.store is not None else self._write_checkpoint()
+        if not written:  # 3
             return False
         return self._commit(reason)  # 4
+
+    def _expire_idle(self) -> None:
+        """Drop the entities idle longer than ``model.entity.idle_ttl_s`` (their removal is
+        written as tombstones by this checkpoint); counted as evictions (idle)."""
+        entity = self.config.model.entity
+        if not entity.enabled or entity.idle_ttl_s is None:
+            return
+        now = time.time()
+        for unit in self.units:
+            if unit.detector.expire_idle(now):
+                unit.dirty = True
+                self._dirty = True
+        self._publish_model_metrics(None)
+
+    def _write_state(self) -> bool:
+        """Each owned unit's changed entities and head, with its next offset, to the state
+        topic; then flush it. Nothing is written unless this member is sure it is still
+        in its group's generation (a member the group evicted would overwrite the state
+        of the partitions' new owner); fenced partitions (a commit refused for a lost
+        generation) are never written until assigned again."""
+        assigned = self.source.assignment()
+        owned = [
+            (tp, unit)
+            for tp, unit in self.units.owned()
+            if unit.dirty and tp in assigned and tp not in self.units.fenced
+            and tp in self.offsets.positions
+        ]  # fmt: skip
+        if not owned:
+            self._dirty = False
+            return True
+        if not self.source.group_member():
+            log.warning(
+                "not sure this member is still in its group: no state written for %s (the "
+                "partitions may have a new owner); tried again at the next checkpoint",
+                [tp.partition for tp, _ in owned],
+            )
+            return False
+        records = size = 0
+        entity = self.config.model.entity.enabled
+        try:
+            for tp, unit in owned:
+                changes, removed = unit.detector.entity_changes() if entity else ({}, [])
+                n, b = self.store.write(
+                    tp.partition,
+                    head=unit.detector.get_state(entities=False),
+                    entities=changes,
+                    removed=removed,
+                    next_offset=self.offsets.positions[tp],
+                    entity_offset=unit.detector.pending_offset if entity else None,
+                )
+                records += n
+                size += b
+            flushed = self.store.flush(FLUSH_TIMEOUT_S)
+        except Exception as exc:
+            flushed = False
+            log.error("cannot write the state topic: %s: %s", type(exc).__name__, exc)
+        if not flushed:
+            self.metrics.checkpoint_failures_total.inc()
+            log.error(
+                "the state topic %s did not acknowledge the state within %.0f s: offsets "
+                "are not committed until it does (a restart re-reads from the last state "
+                "written); check the brokers",
+                self.config.checkpoint.topic,
+                FLUSH_TIMEOUT_S,
+            )
+            return False
+        for _, unit in owned:
+            if entity:
+                unit.detector.mark_entities_saved()
+            unit.dirty = False
+        self.metrics.state_records_written_total.inc(records)
+        self.metrics.state_bytes_written_total.inc(size)
+        self.metrics.checkpoint_timestamp_seconds.set(time.time())
+        self._dirty = False
+        return True
 
     def _write_checkpoint(self) -> bool:
         """Write the checkpoint when something changed since the last (or it is missing)."""
@@ -819,6 +1040,14 @@ class Daemon:
             self.source.commit(offsets, timeout_s=timeout)
         except Exception as exc:  # a rebalance in progress, a broker away: retried next time
             self.metrics.broker_errors_total.labels(operation="commit").inc()
+            if self.store is not None and generation_lost(exc):
+                self.units.fenced |= set(offsets)
+                log.warning(
+                    "the group's generation of this member is over (%s): no more state is "
+                    "written for partitions %s until they are assigned again",
+                    type(exc.__cause__ or exc).__name__,
+                    sorted(tp.partition for tp in offsets),
+                )
             log.warning(
                 "could not commit offsets (%s): %s; the checkpoint holds them, the next "
                 "checkpoint commits again",
@@ -849,10 +1078,22 @@ class Daemon:
             extra={"fields": {"partitions": sorted(map(tuple, partitions))}},
         )
         self.checkpoint("revoke")
+        if not self.units.is_shared:  # kept for an (eager) rebalance that gives them back
+            for tp in partitions:
+                unit = self.units.get(tp)
+                if unit is not None and tp not in self.units.fenced:
+                    self.units.retained[tp] = (unit, self.offsets.positions.get(tp))
+            self.units.drop(partitions)
         self.offsets.forget(partitions)
 
     def _on_lost(self, partitions: set[TopicPartition]) -> None:
         self._finish_batches()  # their offsets are the positions kept
+        if not self.units.is_shared:
+            # their state is the next owner's: dropped unwritten, with what they learnt
+            self.units.drop(partitions)
+            for tp in partitions:
+                self.units.retained.pop(tp, None)
+            self.offsets.forget(partitions)
         # The positions are kept: the model has learnt every event before them, and
         # the group's committed offset may be older (nothing could be committed). A
         # partition that comes back resumes here; one another member moved further
@@ -868,6 +1109,9 @@ class Daemon:
         each partition to the larger of our offset and the group's (replaced topics: to
         their beginning)."""
         self._finish_batches()  # 1: the offsets sought below must include every batch read
+        if not self.units.is_shared:
+            self._assign_units(partitions)
+            return
         committed: dict[TopicPartition, int | None] = {}
         try:
             committed = self.source.committed(partitions)
@@ -896,12 +1140,131 @@ class Daemon:
         )
         self.status.set("assigned", bool(partitions), "no partitions assigned")
 
+    def _assign_units(self, partitions: set[TopicPartition]) -> None:
+        """With a state topic: a partition given back unmoved (the group's offset is where
+        we left it) keeps its unit; the others are paused, to be restored by the loop
+        (:meth:`_restore_assigned`), never here: a long restore inside the rebalance
+        would exceed max.poll.interval.ms and loop the group."""
+        self.units.fenced -= partitions
+        committed: dict[TopicPartition, int | None] = {}
+        if self.units.retained:
+            try:
+                committed = self.source.committed(partitions)
+            except Exception as exc:
+                log.info("committed offsets unknown in the rebalance (%s): restoring", exc)
+        kept: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            if self.units.get(tp) is not None:
+                continue
+            unit, position = self.units.retained.pop(tp, (None, None))
+            if unit is not None and position is not None and committed.get(tp) == position:
+                self.units.units[tp] = unit
+                self.offsets.positions[tp] = kept[tp] = position
+            else:
+                self.units.to_restore.add(tp)
+        self.units.retained.clear()  # the others went to other members
+        if kept:
+            self.source.seek(kept)
+        paused = self.units.to_restore & partitions
+        if paused:
+            self.source.pause(paused)
+        log.info(
+            "partitions assigned",
+            extra={
+                "fields": {
+                    "kept": sorted(f"{tp.topic}:{tp.partition}" for tp in kept),
+                    "to_restore": sorted(f"{tp.topic}:{tp.partition}" for tp in paused),
+                }
+            },
+        )
+        self.status.set("assigned", bool(partitions), "no partitions assigned")
+
+    def _restore_assigned(self) -> None:
+        """Restore the units of the partitions assigned since the last step, each from its
+        state (or fresh), seek it to the larger of the state's offset and the group's,
+        and resume it. A transient failure leaves the rest paused for the next step."""
+        assigned = self.source.assignment()
+        self.units.to_restore &= assigned
+        pending = sorted(self.units.to_restore)
+        if not pending:
+            return
+        try:
+            self._ensure_state_topic(pending[0].topic)
+            committed = self.source.committed(pending)
+            for tp in pending:
+                self._restore_unit(tp, committed)
+                self.status.tick()
+        except StateTopicError as exc:
+            raise FatalError(f"checkpoint.topic: {exc}") from exc
+        except Exception as exc:
+            self.metrics.broker_errors_total.labels(operation="poll").inc()
+            self._sleep_backoff(
+                f"cannot restore the state of partitions {[tp.partition for tp in pending]} "
+                f"from {self.config.checkpoint.topic} ({type(exc).__name__}: {exc})"
+            )
+
+    def _ensure_state_topic(self, topic: str) -> None:
+        if self._topic_ensured:
+            return
+        partitions = self.source.partition_count(topic)
+        if partitions is None:
+            raise RuntimeError(f"the partitions of {topic} are not known yet")
+        self.store.ensure_topic(partitions)
+        self._topic_ensured = True
+
+    def _restore_unit(self, tp: TopicPartition, committed: dict) -> None:
+        restored = self.store.restore(tp.partition, RESTORE_TIMEOUT_S)
+        if restored.head is not None:
+            detector = Detector.from_state(restored.head)
+            if self.config.model.entity.enabled and restored.entities:
+                detector.load_entities(restored.entities, restored.learn_from)
+        else:
+            detector = self.units.build()
+            if restored.entities:  # the first write of this unit was cut short
+                log.warning(
+                    "partition %d: %d entity records but no head in %s (the unit's first "
+                    "state write was interrupted): they are ignored and the partition is "
+                    "learnt again from the group's committed offset",
+                    tp.partition,
+                    len(restored.entities),
+                    self.config.checkpoint.topic,
+                )
+        self.units.add(tp, detector)
+        if restored.next_offset is not None:
+            self.offsets.positions[tp] = int(restored.next_offset)
+        else:
+            self.offsets.positions.pop(tp, None)
+        target = self.offsets.resume_at([tp], committed)
+        if target:
+            self.source.seek(target)
+        self.source.resume([tp])
+        labels = {"topic": tp.topic, "partition": str(tp.partition)}
+        self.metrics.state_restore_seconds.labels(**labels).set(restored.seconds)
+        self.metrics.state_restore_bytes.labels(**labels).set(restored.bytes)
+        log.info(
+            "partition restored",
+            extra={
+                "fields": {
+                    "partition": f"{tp.topic}:{tp.partition}",
+                    "seconds": round(restored.seconds, 3),
+                    "bytes": restored.bytes,
+                    "records": restored.records,
+                    "entities": len(restored.entities),
+                    "rejected": restored.rejected,
+                    "events_seen": detector.n_seen,
+                    "state_offset": restored.next_offset,
+                    "committed": committed.get(tp),
+                    "resume_at": target.get(tp),
+                }
+            },
+        )
+
     # -- reporting ----------------------------------------------------------------
 
     def _report(self) -> None:
         now = time.monotonic()
         if self.status.requested:
-            self.status.log_line(self.detector, self.offsets.positions, now - self._last_checkpoint)
+            self.status.log_line(self.units, self.offsets.positions, now - self._last_checkpoint)
         if now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
             try:
@@ -911,7 +1274,7 @@ class Daemon:
                     self.metrics.set_lag(self.source.lag(self._block_s))
             except Exception as exc:
                 log.debug("lag unavailable: %s", exc)
-        self.status.report(self.detector)
+        self.status.report(self.units)
 
     # -- shutdown -----------------------------------------------------------------
 
@@ -932,14 +1295,16 @@ class Daemon:
             "stopped",
             extra={
                 "fields": {
-                    "events_seen": self.detector.n_seen,
-                    "outliers": self.detector.n_outliers,
+                    "events_seen": self.units.n_seen,
+                    "outliers": self.units.n_outliers,
                 }
             },
         )
 
     def _close(self, sink_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
-        closers = (self.source.close, lambda: self.sink.close(sink_timeout_s), self.decoder.close)
+        closers = [self.source.close, lambda: self.sink.close(sink_timeout_s), self.decoder.close]
+        if self.store is not None:
+            closers.append(self.store.close)
         for closer in closers:
             try:
                 closer()

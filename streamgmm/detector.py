@@ -376,6 +376,19 @@ class Detector:
         return sum(len(piece.Z) for piece in self._pending)
 
     @property
+    def pending_offset(self) -> int | None:
+        """Input offset of the first event of the current micro-batch (scored, not yet
+        learnt by the entities); None when nothing is pending or no offsets were given.
+
+        An entity's state saved now holds its learning of the events before it, not
+        of those after: the offset an entity record carries (``learn_from`` on load).
+        """
+        for piece in self._pending:
+            if piece.offsets is not None and len(piece.offsets):
+                return int(piece.offsets[0])
+        return None
+
+    @property
     def events_to_update(self) -> int:
         """Events until the model next changes: 1 in the warm-up, else the rest of the
         micro-batch. A caller that scores events one by one (river) learns them in

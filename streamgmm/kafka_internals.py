@@ -18,6 +18,8 @@ from typing import Any
 __all__ = [
     "broker_connected",
     "committed_offsets_fetcher",
+    "generation_lost",
+    "generation_reset",
     "group_alive",
     "heartbeat_reset_at",
     "metadata_refreshed_ms",
@@ -138,3 +140,57 @@ def request_metadata_update(consumer: Any) -> None:
     cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
     with contextlib.suppress(Exception):
         cluster.request_update()
+
+
+#: kafka-python's errors for a commit refused because the member's generation ended.
+GENERATION_ERRORS = frozenset(
+    {
+        "CommitFailedError",
+        "IllegalGenerationError",
+        "RebalanceInProgressError",
+        "UnknownMemberIdError",
+        "FencedInstanceIdError",
+    }
+)
+
+
+def generation_lost(exc: BaseException | None) -> bool:
+    """Whether a failed commit says this member's group generation is over.
+
+    Looks along the exception's causes for kafka-python's ``CommitFailedError``,
+    ``IllegalGenerationError``, ``RebalanceInProgressError``,
+    ``UnknownMemberIdError`` or ``FencedInstanceIdError`` (by name: their modules
+    moved between kafka-python versions). A member that lost its generation
+    must write no more state for the partitions it held. Checked against
+    kafka-python 3.0.12.
+
+    >>> class CommitFailedError(Exception): ...
+    >>> try:
+    ...     try:
+    ...         raise CommitFailedError("kicked out")
+    ...     except CommitFailedError as inner:
+    ...         raise RuntimeError("commit failed") from inner
+    ... except RuntimeError as outer:
+    ...     generation_lost(outer), generation_lost(ValueError())
+    (True, False)
+    """
+    seen = 0
+    while exc is not None and seen < 8:
+        if type(exc).__name__ in GENERATION_ERRORS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def generation_reset(consumer: Any) -> bool:
+    """True when kafka-python has reset this member's generation (``_coordinator._generation``).
+
+    The coordinator resets it (generation id -1) when the group answers that the
+    member is unknown or its generation is over (it was evicted): from then on the
+    partitions it held are another member's. False when unknown (another
+    kafka-python). Checked against kafka-python 3.0.12.
+    """
+    generation = getattr(getattr(consumer, "_coordinator", None), "_generation", None)
+    generation_id = getattr(generation, "generation_id", None)
+    return generation_id is not None and generation_id < 0

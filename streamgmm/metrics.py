@@ -69,6 +69,7 @@ from streamgmm.records import DEAD_LETTER_REASONS
 
 __all__ = [
     "BROKER_OPERATIONS",
+    "ENTITY_EVICTIONS",
     "PREFIX",
     "READINESS_CONDITIONS",
     "STANDARD_METRICS",
@@ -110,6 +111,9 @@ BROKER_OPERATIONS = ("poll", "commit", "send")
 
 #: Values of ``checkpoint_rejected{reason}``: why a checkpoint gave way to a fresh model.
 CHECKPOINT_REJECTIONS = ("corrupt", "mismatch")
+
+#: Values of ``entities_evicted_total{reason}``.
+ENTITY_EVICTIONS = ("cap", "idle")
 
 #: Readiness conditions, all required for /readyz to answer 200.
 READINESS_CONDITIONS = ("connected", "assigned", "warmed_up")
@@ -322,6 +326,39 @@ class Metrics:
             p + "ready", "1 when /readyz answers 200 (connected, assigned, warmed up).",
             registry=r,
         )  # fmt: skip
+        self.entities = Gauge(
+            p + "entities", "Entities whose own model this process holds (model.entity; the "
+            "sum over its partitions' units).", registry=r,
+        )  # fmt: skip
+        self.entities_max = Gauge(
+            p + "entities_max", "The most entities this process may hold: "
+            "model.entity.max_entities per unit (one unit per assigned partition with "
+            "checkpoint.topic, else one).", registry=r,
+        )  # fmt: skip
+        self.entities_evicted_total = Counter(
+            p + "entities_evicted", "Entities dropped, by reason: cap (max_entities reached, "
+            "the least active went) or idle (idle_ttl_s passed).", ["reason"], registry=r,
+        )  # fmt: skip
+        self.entities_split_total = Counter(
+            p + "entities_split", "Entities seen in two input partitions of this process: "
+            "their events are split between two models; key the producer by the entity.",
+            registry=r,
+        )  # fmt: skip
+        self.state_restore_seconds = Gauge(
+            p + "state_restore_seconds", "Duration of the partition's last restore from the "
+            "state topic (checkpoint.topic).", ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.state_restore_bytes = Gauge(
+            p + "state_restore_bytes", "Bytes read by the partition's last restore from the "
+            "state topic.", ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.state_records_written_total = Counter(
+            p + "state_records_written", "Records produced to the state topic (entities, "
+            "heads and tombstones).", registry=r,
+        )  # fmt: skip
+        self.state_bytes_written_total = Counter(
+            p + "state_bytes_written", "Bytes produced to the state topic.", registry=r
+        )
 
         self.build_info.labels(version=version).set(1)
         for status in ("scored", "warmup", "invalid"):
@@ -332,6 +369,8 @@ class Metrics:
             self.broker_errors_total.labels(operation=operation)
         for reason in CHECKPOINT_REJECTIONS:
             self.checkpoint_rejected.labels(reason=reason).set(0)
+        for reason in ENTITY_EVICTIONS:
+            self.entities_evicted_total.labels(reason=reason)
         self._lag_labels: set[tuple[str, str]] = set()
         self._component_labels: set[str] = set()
         self._lock = threading.Lock()

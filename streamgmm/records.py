@@ -355,7 +355,7 @@ def encode_score_records(
     outlier: Sequence[bool] | np.ndarray,
     component: Sequence[int] | np.ndarray,
     responsibilities: Sequence[Sequence[float]] | np.ndarray,
-    model_events_seen: int,
+    model_events_seen: int | Sequence[int] | np.ndarray,
 ) -> list[bytes]:
     """Score records for a whole batch; the vectorised form of :func:`encode_score_record`.
 
@@ -367,6 +367,8 @@ def encode_score_records(
     outlier : array-like of shape (n,), bool
     component : array-like of shape (n,), int
     responsibilities : array-like of shape (n, n_components)
+    model_events_seen : int or array-like of shape (n,)
+        Events the model of each event had seen (one for all, or one each).
     """
     ll = _floats(log_likelihood)
     sc = _floats(score)
@@ -375,7 +377,7 @@ def encode_score_records(
     thr = _floats(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(ll),)))
     flags = np.asarray(outlier, dtype=bool).tolist()
     comps = np.asarray(component).astype(int).tolist()
-    seen = int(model_events_seen)
+    seen = np.broadcast_to(np.asarray(model_events_seen, dtype=np.int64), (len(ll),)).tolist()
     out = []
     for i in range(len(ll)):
         values = (
@@ -390,7 +392,7 @@ def encode_score_records(
             flags[i],
             comps[i],
             resp_rows[i],
-            seen,
+            seen[i],
         )
         out.append(_dumps(dict(zip(SCORE_FIELDS, values, strict=True))))
     return out
@@ -413,7 +415,7 @@ def outlier_records(
     decoded: Decoded,
     result: Any,
     fields: Sequence[str],
-    model_events_seen: int,
+    model_events_seen: int | np.ndarray,
     detected_at: datetime | float | None = None,
 ) -> list[OutlierRecord]:
     """The outlier records of one batch, in input order.
@@ -430,12 +432,14 @@ def outlier_records(
         (``contributions``, ``surprise`` and ``expected`` of shape (n_ok, d)).
     fields : sequence of str, length d
         The feature names, which key the per-field explanations.
-    model_events_seen : int
+    model_events_seen : int or array of shape (n_ok,)
+        Events the model had seen (one for all, or per row: each partition's own model).
     detected_at : datetime (UTC), epoch seconds, or None for now
         One time for the whole batch.
     """
     if detected_at is None:
         detected_at = datetime.now(timezone.utc)
+    seen = np.broadcast_to(np.asarray(model_events_seen, dtype=np.int64), result.is_outlier.shape)
     out = []
     for row in np.flatnonzero(result.is_outlier):
         index = int(decoded.ok_index[row])
@@ -450,7 +454,7 @@ def outlier_records(
             contributions=dict(zip(fields, result.contributions[row].tolist(), strict=True)),
             surprise=dict(zip(fields, result.surprise[row].tolist(), strict=True)),
             expected=dict(zip(fields, result.expected[row].tolist(), strict=True)),
-            model_events_seen=model_events_seen, detected_at=detected_at,
+            model_events_seen=int(seen[row]), detected_at=detected_at,
         )  # fmt: skip
         out.append(OutlierRecord(index, key, value))
     return out

@@ -155,6 +155,22 @@ class Source(Protocol):
         """Whether records can be read now (the brokers and the group answer)."""
         ...
 
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch nothing from ``partitions`` until :meth:`resume` (their position is kept)."""
+        ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch from ``partitions`` again (paused by :meth:`pause`)."""
+        ...
+
+    def partition_count(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has (None: unknown yet)."""
+        ...
+
+    def group_member(self) -> bool:
+        """Whether this member is sure it still belongs to its group's generation."""
+        ...
+
     def set_rebalance_callbacks(
         self,
         on_assign: PartitionsCallback | None,
@@ -276,6 +292,7 @@ class KafkaSource:
         self._joined_at: float | None = None  # heartbeat clock reset of our last join
         self._unsure_since: float | None = None  # fetching paused since (monotonic ms)
         self._refresh_requested = False
+        self._held: set[TopicPartition] = set()  # paused by pause(), not by membership
 
     # -- setup -------------------------------------------------------------------
 
@@ -368,6 +385,7 @@ class KafkaSource:
         if name in ("on_revoke", "on_lost"):
             for tp in parts:
                 self._positions.pop(tp, None)
+            self._held -= parts
         log.info("%s: %s", name, sorted(parts))
         if callback is None or (not parts and name != "on_assign"):
             return {}
@@ -678,8 +696,60 @@ class KafkaSource:
             self._unsure_since = None
             self._refresh_requested = False
             log.info("group membership confirmed and metadata refreshed: fetching again")
-        if paused:
-            consumer.resume(*paused)
+        held = self._held
+        resumable = [tp for tp in paused if TopicPartition(tp.topic, tp.partition) not in held]
+        if resumable:
+            consumer.resume(*resumable)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch nothing from ``partitions`` until :meth:`resume`; safe in a rebalance hook.
+
+        Kept apart from the pausing while membership is unsure: a partition paused
+        here stays paused when membership is confirmed again.
+        """
+        wanted = {TopicPartition(*tp) for tp in partitions}
+        self._held |= wanted
+        consumer = self._consumer
+        assigned = self.assignment()
+        kafka = _kafka()
+        chosen = [kafka.TopicPartition(*tp) for tp in wanted if tp in assigned]
+        if consumer is not None and chosen:
+            consumer.pause(*chosen)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch from ``partitions`` again, unless membership is unsure (then when it is
+        confirmed)."""
+        wanted = {TopicPartition(*tp) for tp in partitions}
+        self._held -= wanted
+        consumer = self._consumer
+        assigned = self.assignment()
+        if consumer is None or self._unsure_since is not None:
+            return
+        kafka = _kafka()
+        chosen = [kafka.TopicPartition(*tp) for tp in wanted if tp in assigned]
+        if chosen:
+            consumer.resume(*chosen)
+
+    def partition_count(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has, from the consumer's metadata (None: unknown)."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        try:
+            partitions = consumer.partitions_for_topic(topic)
+        except Exception as exc:
+            log.debug("partitions of %s unknown: %s", topic, exc)
+            return None
+        return len(partitions) if partitions else None
+
+    def group_member(self) -> bool:
+        """Sure to belong to the group's generation: partitions assigned, the coordinator
+        known and a heartbeat answered since the last reset (see :meth:`_group_alive`)."""
+        return (
+            bool(self.assignment())
+            and kafka_internals.group_alive(self._consumer, self._joined_at)
+            and not kafka_internals.generation_reset(self._consumer)
+        )
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Leave the group and close (no autocommit; ``on_revoke`` is not called)."""
@@ -860,6 +930,20 @@ class FileSource:
         return {self._tp: 0 if self.exhausted else None}
 
     def connected(self) -> bool:
+        return True
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Nothing to do: the daemon pauses partitions only with a state topic (Kafka)."""
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Nothing to do (see :meth:`pause`)."""
+
+    def partition_count(self, topic: str) -> int | None:
+        """1: a file is one partition."""
+        return 1
+
+    def group_member(self) -> bool:
+        """True: a file has no group to lose."""
         return True
 
     def close(self) -> None:

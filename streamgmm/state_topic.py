@@ -317,11 +317,16 @@ class StateStore:
         entities: Mapping[str, dict],
         removed: Iterable[str],
         next_offset: int,
+        entity_offset: int | None = None,
     ) -> tuple[int, int]:
         """Produce one unit's changed entities, tombstones for ``removed``, then its head.
 
         Not flushed: call :meth:`flush` before committing input offsets. Every
-        record carries ``next_offset``. Returns (records, bytes) produced. When
+        record carries ``next_offset``, except the entities' when ``entity_offset``
+        is given: the offset their learning reaches (the first event the model has
+        scored but the entities not yet learnt, ``Detector.pending_offset``), so an
+        entity restored ahead of an older head learns again exactly the events its
+        record lacks. Returns (records, bytes) produced. When
         Kafka cannot be reached (no broker, no metadata within the producer's
         ``max_block_ms``, 10 s unless set) the error is logged, what was sent
         is counted, and the next :meth:`flush` returns False.
@@ -336,6 +341,8 @@ class StateStore:
         """
         limit = self._max_request_size() - _RECORD_OVERHEAD
         offset_header = [(OFFSET_HEADER, _OFFSET.pack(int(next_offset)))]
+        entity_offset = next_offset if entity_offset is None else min(entity_offset, next_offset)
+        entity_header = [(OFFSET_HEADER, _OFFSET.pack(int(entity_offset)))]
         head_value = pack_state(
             head, kind=HEAD_KIND, next_offset=next_offset, fingerprint=self.fingerprint
         )
@@ -348,7 +355,7 @@ class StateStore:
                 f"max.message.bytes of the topic {self.topic!r} (and the brokers' "
                 "message.max.bytes) together"
             )
-        records: list[tuple[bytes, bytes | None]] = []
+        records: list[tuple[bytes, bytes | None, list]] = []
         for entity, state in entities.items():
             if not entity:
                 raise ValueError(
@@ -358,7 +365,7 @@ class StateStore:
             value = pack_state(
                 state,
                 kind=ENTITY_KIND,
-                next_offset=next_offset,
+                next_offset=entity_offset,
                 fingerprint=self.fingerprint,
                 describe_fingerprint=False,
             )
@@ -368,23 +375,25 @@ class StateStore:
                     f"bytes, over the state producer's max_request_size; raise max_request_size "
                     f"and the topic's max.message.bytes together"
                 )
-            records.append((self.entity_key(partition, entity), value))
-        records.extend((self.entity_key(partition, entity), None) for entity in removed)
-        records.append((self.head_key(partition), head_value))
+            records.append((self.entity_key(partition, entity), value, entity_header))
+        records.extend(
+            (self.entity_key(partition, entity), None, offset_header) for entity in removed
+        )
+        records.append((self.head_key(partition), head_value, offset_header))
 
         from kafka.errors import KafkaError
 
         written = sent = 0
         try:
             producer = self._ensure_producer()
-            for key, value in records:
+            for key, value, headers in records:
                 self._futures.append(
                     producer.send(
                         self.topic,
                         key=key,
                         value=value,
                         partition=int(partition),
-                        headers=offset_header,
+                        headers=headers,
                     )
                 )
                 sent += 1

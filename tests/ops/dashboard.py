@@ -76,6 +76,14 @@ EXTRA_METRICS = frozenset(
         "streamgmm_checkpoint_rejected",
         "streamgmm_decoder_failures_total",
         "streamgmm_future_timestamps_total",
+        "streamgmm_entities",
+        "streamgmm_entities_max",
+        "streamgmm_entities_evicted_total",
+        "streamgmm_entities_split_total",
+        "streamgmm_state_restore_seconds",
+        "streamgmm_state_restore_bytes",
+        "streamgmm_state_records_written_total",
+        "streamgmm_state_bytes_written_total",
         *(f"streamgmm_outlier_delay_seconds{s}" for s in ("", "_bucket", "_sum", "_count")),
     }
 )

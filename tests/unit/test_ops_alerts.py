@@ -27,6 +27,8 @@ EXPECTED = [
     "StreamgmmNotReady",
     "StreamgmmProducerRebuilds",
     "StreamgmmOutliersLate",
+    "StreamgmmStateRestoreSlow",
+    "StreamgmmEntitiesNearCap",
 ]
 
 

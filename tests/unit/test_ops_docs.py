@@ -131,5 +131,5 @@ def test_command_table_matches_the_cli():
 
 def test_alert_count_in_the_first_deployment_steps():
     rules = yaml.safe_load((ROOT / "config" / "prometheus" / "alerts.yml").read_text())
-    words = {6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
+    words = {6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten", 11: "eleven", 12: "twelve"}
     assert f"the {words[len(rules['groups'][0]['rules'])]} Streamgmm alerts" in DOC

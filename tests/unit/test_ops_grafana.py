@@ -145,6 +145,11 @@ def test_every_metric_is_one_the_daemon_exports():
         ("memory of streamgmm processes only",
          r"^process_resident_memory_bytes\{.*\} and on \(instance\) streamgmm_build_info\{"),
         ("CPU", r"rate\(process_cpu_seconds_total\{"),
+        ("entities held vs the cap", r"streamgmm_entities\{"),
+        ("the entity cap", r"streamgmm_entities_max\{"),
+        ("evictions by reason", r"sum by \(reason\) \(rate\(streamgmm_entities_evicted_total"),
+        ("restore seconds", r"streamgmm_state_restore_seconds\{"),
+        ("state records written", r"rate\(streamgmm_state_records_written_total"),
     ],
 )  # fmt: skip
 def test_dashboard_shows(what, pattern):

@@ -140,3 +140,35 @@ def test_a_normal_rebalance_does_not_pause():
     source._note_join([kafka.TopicPartition(*TP)])
     source.poll(10, 0)
     assert consumer.paused() == set()
+
+
+def test_partitions_paused_by_the_daemon_stay_paused_until_it_resumes_them():
+    """pause()/resume() (a partition being restored) and the pausing while membership is
+    unsure do not undo each other."""
+    source, consumer = source_and_consumer()
+    other = TopicPartition("events", 1)
+    consumer._assigned = {TP, other}
+    heartbeat, cluster = consumer._coordinator.heartbeat, consumer._client.cluster
+    source.pause([other])
+    source.poll(10, 0)
+    assert consumer.paused() == {kafka.TopicPartition(*other)}, "a confirmed member keeps it"
+
+    consumer._coordinator.coordinator_id = None  # unsure: everything paused
+    source.poll(10, 0)
+    assert consumer.paused() == {kafka.TopicPartition(*TP), kafka.TopicPartition(*other)}
+    source.resume([other])  # restored meanwhile: fetched once membership is confirmed
+    assert len(consumer.paused()) == 2
+
+    consumer._coordinator.coordinator_id = "coordinator-1"
+    heartbeat.last_receive = now()
+    cluster._last_successful_refresh_ms = now() * 1000
+    source.poll(10, 0)
+    assert consumer.paused() == set()
+
+
+def test_group_member_is_false_once_the_generation_is_reset():
+    source, consumer = source_and_consumer()
+    consumer._coordinator._generation = type("Generation", (), {"generation_id": 7})()
+    assert source.group_member()
+    consumer._coordinator._generation.generation_id = -1  # evicted: kafka-python reset it
+    assert not source.group_member()
