@@ -214,9 +214,9 @@ class QuantileThreshold(Threshold):
         if math.isfinite(self._value):
             # older inliers may lie above a threshold since lowered: one truncation for all
             scores = scores[scores <= self._value]
-        u = float(np.quantile(scores, level))
+        u, upper = _quantile_and_upper(scores, level)
         limit = self._value - u if math.isfinite(self._value) else math.inf
-        sigma = _truncated_exponential_scale(scores[scores > u] - u, limit)
+        sigma = _truncated_exponential_scale(upper[upper > u] - u, limit)
         # share of all normal scores above u, given the inliers stop at the threshold
         above_u = (1.0 - level) / (1.0 - level * math.exp(-limit / sigma))
         return u + sigma * math.log(above_u / (1.0 - self.q))
@@ -232,6 +232,33 @@ class QuantileThreshold(Threshold):
         state["value"] = None if math.isnan(self._value) else self._value
         state["fresh"] = self._fresh
         return state
+
+
+def _quantile_and_upper(scores: np.ndarray, level: float) -> tuple[float, np.ndarray]:
+    """``np.quantile(scores, level)`` (its linear method, to the last bit) and the scores
+    that may lie above it, from one partition: a single-kth partition is several times
+    faster than the two-kth one np.quantile does (it runs once per estimate).
+
+    >>> x = np.random.default_rng(0).normal(size=1001)
+    >>> u, upper = _quantile_and_upper(x, 0.98)
+    >>> u == float(np.quantile(x, 0.98))
+    True
+    >>> np.array_equal(np.sort(x[x > u]), np.sort(upper[upper > u]))
+    True
+    """
+    n = len(scores)
+    index = level * (n - 1)
+    below = math.floor(index)
+    if below >= n - 1:
+        return float(scores.max()), scores[:0]
+    part = np.partition(scores, below)
+    a = part[below]
+    upper = part[below + 1 :]
+    b = upper.min()
+    t = index - below
+    # numpy's _lerp: the formula it uses on each side of t = 0.5
+    u = b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t
+    return float(u), upper
 
 
 def _truncated_exponential_scale(excess: np.ndarray, limit: float) -> float:
