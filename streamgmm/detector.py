@@ -354,6 +354,9 @@ class Detector:
         self.n_regime_changes = 0
         self.n_warmup_dropped = 0
         self._pending: list[_Scored] = []
+        # the entity columns (keys, has_key, offsets) of the warm-up events kept, in the
+        # order of the model's warm-up buffer (None: a call without keys)
+        self._warm_entities: list[tuple[int, tuple[np.ndarray, ...] | None]] = []
         self.min_entity_events = int(min_entity_events)
         self.relevance = float(relevance)
         # K and d are known after the warm-up; until then, an empty table
@@ -444,7 +447,8 @@ class Detector:
         start = 0
         while not self.is_warmed_up and start < len(X):
             stop = start + max(self.model.warmup_remaining, 1)
-            results.append(self._warmup_rows(X[start:stop]))
+            piece = None if entity is None else tuple(c[start:stop] for c in entity)
+            results.append(self._warmup_rows(X[start:stop], piece))
             start = min(stop, len(X))
             if self.model.warmup_remaining == 0:
                 self._finish_warmup()
@@ -507,9 +511,13 @@ class Detector:
             expected=np.empty((0, d)),
         )
 
-    def _warmup_rows(self, X: np.ndarray) -> BatchResult:
+    def _warmup_rows(self, X: np.ndarray, entity: tuple[np.ndarray, ...] | None) -> BatchResult:
         n = len(X)
         scores = self.model.warmup_step(X, WARMUP_FLAG_AFTER, WARMUP_FLAG_PROBABILITY)
+        kept = ~scores.flagged
+        self._warm_entities.append(
+            (int(kept.sum()), None if entity is None else tuple(c[kept] for c in entity))
+        )
         return BatchResult(
             log_likelihood=scores.log_likelihood,
             score=-scores.log_likelihood,
@@ -528,9 +536,50 @@ class Detector:
     def _finish_warmup(self) -> None:
         buffer = self.model.warmup_buffer()
         Z = self._fit_warmup(buffer)
-        self._new_entity_table()
         self.threshold.bind(buffer.shape[1])
         self._anchor_threshold(Z)
+        self._new_entity_table()  # the entities' threshold starts from the anchored one
+        self._learn_warmup_entities(buffer)
+
+    def _warmup_entity_columns(self) -> tuple[np.ndarray, ...] | None:
+        """The entity columns of the warm-up buffer's events, None if no call had keys."""
+        pieces = self._warm_entities
+        if all(piece is None for _, piece in pieces):
+            return None
+        no_key = (np.array([], dtype=str), np.array([], dtype=bool), np.array([], dtype=np.int64))
+        filled = [
+            piece
+            if piece is not None
+            else (np.full(n, "", dtype=str), np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64))
+            for n, piece in pieces
+        ]
+        return tuple(np.concatenate([no_key[i], *(p[i] for p in filled)]) for i in range(3))
+
+    def _learn_warmup_entities(self, buffer: np.ndarray) -> None:
+        """The warm-up's events teach their entities too, under the mixture just fitted,
+        those it does not flag: an entity's own model can score it as soon as it has
+        ``min_entity_events`` events, counted from the stream's first event, not from
+        the warm-up's end (a partition's first ``warmup`` events are not lost to it)."""
+        columns, self._warm_entities = self._warmup_entity_columns(), []
+        if columns is None or len(columns[0]) != len(buffer):
+            return  # no keys (or a warm-up started again): nothing to align
+        Z, huge = self._standardised(buffer)
+        evaluation = self.model.evaluate(Z)
+        score = self.standardizer.log_scale_sum - evaluation.log_likelihood
+        best = evaluation.responsibilities.argmax(axis=1)
+        distance_sq = evaluation.mahalanobis_sq[np.arange(len(Z)), best]
+        outlier = self.threshold.flag(score, distance_sq) | huge
+        none = np.zeros(len(Z), dtype=bool)
+        self._learn_entities(_Scored(Z, evaluation, outlier, score, huge, outlier, none, *columns))
+        # the entities' threshold starts from their models' scores of these events, as the
+        # population's starts from the mixture's (else their first micro-batch would be
+        # judged by the population's, far above an adapted model's scores)
+        rows = self._scoring_rows(*columns[:2])
+        use = (rows >= 0) & ~outlier
+        if use.any() and isinstance(self.entity_threshold, QuantileThreshold):
+            own_ll = self._entity_scores(Z[use], rows[use], _subset(evaluation, use))[0]
+            self.entity_threshold.initialise(math.nan)
+            self.entity_threshold.update(self.standardizer.log_scale_sum - own_ll)
 
     def _anchor_threshold(self, Z: np.ndarray) -> None:
         """Start a quantile threshold from the model's own quantile, and the scores of Z
@@ -870,6 +919,12 @@ class Detector:
         }
         if self.is_warmed_up:
             state["entity_threshold"] = self.entity_threshold.get_state()
+        else:
+            columns = self._warmup_entity_columns()
+            if columns is not None:
+                state["warmup_entities"] = dict(
+                    zip(("keys", "has_key", "offsets"), columns, strict=True)
+                )
         if entities and self.is_warmed_up:
             state["entities"] = self.entities.get_state()
         if self.quarantine.rows is not None:
@@ -921,6 +976,14 @@ class Detector:
             if "buffer" in state:
                 detector.model._buffer = [np.array(state["buffer"], dtype=np.float64)]
             detector.model._buffered = int(state["n_seen"])
+        if "warmup_entities" in state:
+            warm = state["warmup_entities"]
+            columns = (
+                np.array(warm["keys"], dtype=str),
+                np.array(warm["has_key"], dtype=bool),
+                np.array(warm["offsets"], dtype=np.int64),
+            )
+            detector._warm_entities = [(len(columns[0]), columns)]
         if "pending" in state:
             pending = state["pending"]
             Z = np.array(pending["Z"], dtype=np.float64)

@@ -321,3 +321,53 @@ def test_the_population_learns_exactly_as_without_keys():
     # while the entities' own threshold sits far below the population's
     assert keyed.entity_threshold.value < keyed.threshold.value
     assert (keyed_result.threshold[-100:] == keyed.entity_threshold.value).any()
+
+
+def test_the_warmup_events_teach_their_entities():
+    """A partition's first ``warmup`` events are not lost to its entities: those of the
+    warm-up are learnt by their hosts when it ends."""
+    s = host_stream(n_events=3000, n_hosts=100, d=4, seed=7, host_anomaly_rate=0, gross_rate=0)
+    detector = Detector(warmup=2500, random_state=0, min_entity_events=20)
+    result = detector.process(s.X, keys=s.keys)
+    hosts = sorted(set(s.keys))
+    learnt = detector.entities.count[[detector.entities.index[k] for k in hosts]]
+    in_warmup = np.array([s.keys[:2500].count(k) for k in hosts])
+    assert (learnt >= in_warmup).all()  # every warm-up event taught its host, and more since
+    learnt_so_far = len(s.X) - detector.n_pending  # all but the micro-batch in hand
+    assert learnt.sum() == (~result.is_outlier[:learnt_so_far]).sum()
+    keyless = Detector(warmup=2500, random_state=0)
+    keyless.process(s.X)
+    assert keyless.model.n_seen_ == detector.model.n_seen_  # the population learns the same
+
+
+def test_a_checkpoint_inside_the_warmup_keeps_its_keys(tmp_path):
+    s = small(seed=4)
+    whole = Detector(warmup=400, random_state=0, min_entity_events=5)
+    expected = whole.process(s.X, keys=s.keys)
+    detector = Detector(warmup=400, random_state=0, min_entity_events=5)
+    first = detector.process(s.X[:150], keys=s.keys[:150])  # inside the warm-up
+    path = tmp_path / "warm.npz"
+    detector.save(path)
+    rest = Detector.load(path).process(s.X[150:], keys=s.keys[150:])
+    np.testing.assert_allclose(
+        np.concatenate([first.score, rest.score]), expected.score, rtol=1e-9, atol=1e-9
+    )
+    np.testing.assert_array_equal(
+        np.concatenate([first.is_outlier, rest.is_outlier]), expected.is_outlier
+    )
+
+
+def test_host_anomalies_right_after_the_warmup_are_judged_by_the_hosts():
+    """The first micro-batch after the warm-up: its entities' threshold is in force (it
+    starts from the population's anchored one), and their models know the warm-up."""
+    s = host_stream(n_events=3000, n_hosts=20, d=4, seed=8, host_anomaly_rate=0, gross_rate=0)
+    detector = Detector(warmup=2000, random_state=0, min_entity_events=20)
+    detector.process(s.X[:2000], keys=s.keys[:2000])
+    # started from the hosts' own models' scores of the warm-up, below the population's
+    assert detector.entity_threshold.value < detector.threshold.value
+    levels = {k: s.X[:2000][np.array(s.keys[:2000]) == k].mean(axis=0) for k in set(s.keys)}
+    odd = np.array([levels[k] for k in s.keys[2000:2100]])
+    spread = s.X[:2000].std(axis=0)
+    odd[:, 0] += 0.5 * spread[0]  # normal for the population, far for the host
+    result = detector.process(odd, keys=s.keys[2000:2100])
+    assert result.is_outlier.mean() >= 0.9
