@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.support.hosts_stream import FIELDS, HostFleet
+from tests.support.hosts import FIELDS, HostFleet
 from tests.support.processes import DaemonProcess, write_config
 
 pytestmark = [pytest.mark.integration]

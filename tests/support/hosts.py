@@ -4,6 +4,10 @@ Hosts are of three kinds (web, db, batch); each host draws its own level per fie
 around its kind's centre, and its events are normal noise about that level. A host
 anomaly is a value normal for the population (another host's level of the same kind)
 but far from this host's level; a gross anomaly is far from everything.
+
+``host_stream`` draws the events of a stream as arrays (the library's tests);
+``HostFleet`` makes JSON-ready events in rounds, every host once a round, to be
+sent keyed by host (the daemon's tests: one host, one partition).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ KIND_CENTRES = np.array(
 )
 KIND_SPREAD = 0.25  # a host's level about its kind's centre, as a share of the centre
 NOISE = 0.02  # a host's noise about its level, as a share of its kind's centre
+FIELDS = ["cpu", "mem", "latency_ms"]  # the events of HostFleet: the first three columns
 
 
 @dataclass
@@ -76,3 +81,51 @@ def host_stream(
         counts[h] += 1
     keys = [f"{key_prefix}-{h}" for h in host]
     return HostStream(X, keys, kind, host, position)
+
+
+class HostFleet:
+    """``n_hosts`` hosts with their own levels; events are made in rounds.
+
+    >>> fleet = HostFleet(12, seed=1)
+    >>> events = fleet.round(3)
+    >>> len(events), sorted({e["host"] for e in events}) == sorted(fleet.names)
+    (36, True)
+    >>> bad = fleet.host_anomalies()
+    >>> len(bad), all(e["injected"] for e in bad)
+    (12, True)
+    """
+
+    def __init__(self, n_hosts: int = 120, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.levels, self.kinds = host_levels(n_hosts, len(FIELDS), self.rng)
+        self.noise = NOISE * KIND_CENTRES[self.kinds, : len(FIELDS)]
+        self.names = [f"host-{h}" for h in range(n_hosts)]
+        self.next_id = 0
+
+    def _event(self, h: int, x: np.ndarray, **extra) -> dict:
+        values = dict(zip(FIELDS, x.tolist(), strict=True))
+        event = {"id": self.next_id, "host": self.names[h], **values}
+        self.next_id += 1
+        return {**event, **extra}
+
+    def round(self, per_host: int) -> list[dict]:
+        """``per_host`` normal events of every host, shuffled."""
+        hosts = np.repeat(np.arange(len(self.names)), per_host)
+        self.rng.shuffle(hosts)
+        X = self.levels[hosts] + self.noise[hosts] * self.rng.normal(size=(len(hosts), 3))
+        return [self._event(int(h), x) for h, x in zip(hosts, X, strict=True)]
+
+    def host_anomalies(self) -> list[dict]:
+        """One host anomaly per host: one field at the level of another host of its kind
+        that is at least 10 noise sd away (normal for the population)."""
+        out = []
+        for h in range(len(self.names)):
+            x = self.levels[h] + self.noise[h] * self.rng.normal(size=3)
+            same = np.flatnonzero(self.kinds == self.kinds[h])
+            for j in self.rng.permutation(3):
+                far = same[np.abs(self.levels[same, j] - self.levels[h, j]) > 10 * self.noise[h, j]]
+                if len(far):
+                    x[j] = self.levels[self.rng.choice(far), j]
+                    break
+            out.append(self._event(h, x, injected=True))
+        return out
