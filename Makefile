@@ -42,6 +42,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 	$(PY) benchmarks/end_to_end.py
 	$(PY) benchmarks/codec_throughput.py
+	$(PY) benchmarks/entities.py
+	$(PY) benchmarks/scale_out.py
 
 soak: $(STAMP) system-tools
 	STREAMGMM_FIGURES=docs/reliability/figures $(PY) -m pytest -m "slow or reliability" tests -s --timeout=7200
