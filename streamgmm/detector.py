@@ -427,7 +427,7 @@ class Detector:
         keys : sequence of (str or None) of length n_events, or None
             The entity of each event. An entity that has learnt ``min_entity_events``
             events is scored under its own adapted model (as it was before the
-            micro-batch), the others and ``None`` under the population. Scores stay
+            micro-batch), the others, ``None`` and ``""`` under the population. Scores stay
             ``-log p(x)`` in event units; the entity-scored events are flagged by the
             entities' own threshold (the same rule, learnt from their scores: an
             adapted model scores its entity's events far more tightly than the
@@ -1089,14 +1089,15 @@ class _Scored:
 
 
 def _entity_columns(keys: Any, offsets: Any, n: int) -> tuple[np.ndarray, ...] | None:
-    """keys (n,) str ("" where None), has_key (n,) bool, offsets (n,) int64; None without keys."""
+    """keys (n,) str ("" where None), has_key (n,) bool (False for None and ""), offsets (n,)
+    int64; None without keys."""
     if keys is None:
         return None
     keys = np.asarray(keys, dtype=object).reshape(-1)
     if len(keys) != n:
         raise ValueError(f"keys has {len(keys)} entries for {n} events; pass one key per event")
-    has_key = np.not_equal(keys, None).astype(bool)
-    keys = np.where(has_key, keys, "").astype(str)
+    keys = np.where(np.equal(keys, None), "", keys).astype(str)
+    has_key = keys != ""  # an empty key names no entity: the population scores the event
     if offsets is None:
         offsets = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     else:

@@ -210,7 +210,9 @@ class StateStore:
         return f"{self.input_topic}/{int(partition)}/".encode()
 
     def entity_key(self, partition: int, entity: str) -> bytes:
-        return f"{self.input_topic}/{int(partition)}/{entity}".encode()
+        # an entity id may hold a lone surrogate (a "\ud800" escape in the event's JSON):
+        # kept as it is, and read back the same (surrogatepass both ways)
+        return f"{self.input_topic}/{int(partition)}/{entity}".encode("utf-8", "surrogatepass")
 
     # -- the topic --------------------------------------------------------------------
 
@@ -629,7 +631,12 @@ class StateStore:
                 rejected += 1
                 log.error("state topic %s: entity %r skipped: %s", self.topic, key, exc)
                 continue
-            entity = key[cut:].decode("utf-8", "replace")
+            try:
+                entity = key[cut:].decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError as exc:  # not written by streamgmm
+                rejected += 1
+                log.error("state topic %s: record with key %r skipped: %s", self.topic, key, exc)
+                continue
             entities[entity] = state
             if next_offset is None or carried > next_offset:
                 learn_from[entity] = carried

@@ -104,6 +104,18 @@ def test_write_then_restore_round_trip(store):
     assert empty.head is None and empty.entities == {} and empty.next_offset is None
 
 
+def test_entity_ids_of_any_text_round_trip(store):
+    """Ids with a slash, non-ASCII text, a lone surrogate (a "\\ud800" escape in an
+    event's JSON) and hundreds of characters are stored and read back as they were."""
+    s = store()
+    s.ensure_topic(1)
+    names = ["a/b/c", "hôte-ü-東京", "bad-\ud800-half", "x" * 500, " "]
+    s.write(0, head(1.0), {name: entity(i) for i, name in enumerate(names)}, [], next_offset=9)
+    assert s.flush(10)
+    restored = store(topic=s.topic).restore(0, timeout_s=20)
+    assert sorted(restored.entities) == sorted(names) and restored.rejected == 0
+
+
 def test_the_highest_carried_offset_wins_over_a_late_older_write(store):
     s = store()
     s.ensure_topic(1)

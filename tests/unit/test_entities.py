@@ -66,13 +66,14 @@ def test_no_keys_and_none_keys_are_the_population_exactly():
     np.testing.assert_array_equal(plain.is_outlier, nones.is_outlier)
 
 
-def test_a_key_that_is_none_is_scored_by_the_population_and_not_held():
+def test_a_key_that_is_none_or_empty_is_scored_by_the_population_and_not_held():
     s = small()
     keys = list(s.keys)
     keys[::3] = [None] * len(keys[::3])
+    keys[1::7] = [""] * len(keys[1::7])  # an empty id names no entity either
     detector = Detector(warmup=200, random_state=0, min_entity_events=5)
     result = detector.process(s.X, keys=keys)
-    assert len(detector.entities) == len({k for k in keys[200:] if k is not None})
+    assert len(detector.entities) == len({k for k in keys if k})
     assert "" not in detector.entities and "None" not in detector.entities
     assert np.isfinite(result.score).all()
 
