@@ -414,11 +414,8 @@ class Daemon:
     @property
     def detector(self) -> Detector:
         """The model of every partition (no state topic); with one, the unit that has seen
-        the most events."""
-        unit = self.units.get(None) if self.units.is_shared else None
-        if unit is not None:
-            return unit.detector
-        return self.units.leader() or self.units.build()
+        the most events (:meth:`streamgmm.units.Units.leader`)."""
+        return self.units.leader()
 
     # -- control ----------------------------------------------------------------
 
@@ -861,8 +858,7 @@ class Daemon:
             if reseeds > unit.reseeds:
                 self.metrics.component_reseeds_total.inc(reseeds - unit.reseeds)
             unit.reseeds = reseeds
-            entities = getattr(unit.detector, "entities", None)
-            for reason, n in (getattr(entities, "n_evicted", None) or {}).items():
+            for reason, n in unit.detector.entities.n_evicted.items():
                 if n > unit.evicted.get(reason, 0):
                     self.metrics.entities_evicted_total.labels(reason=reason).inc(
                         n - unit.evicted.get(reason, 0)

@@ -565,10 +565,7 @@ class Detector:
             return  # no keys (or a warm-up started again): nothing to align
         Z, huge = self._standardised(buffer)
         evaluation = self.model.evaluate(Z)
-        score = self.standardizer.log_scale_sum - evaluation.log_likelihood
-        best = evaluation.responsibilities.argmax(axis=1)
-        distance_sq = evaluation.mahalanobis_sq[np.arange(len(Z)), best]
-        outlier = self.threshold.flag(score, distance_sq) | huge
+        score, outlier = self._population_flags(evaluation, huge)
         none = np.zeros(len(Z), dtype=bool)
         self._learn_entities(_Scored(Z, evaluation, outlier, score, huge, outlier, none, *columns))
         # the entities' threshold starts from their models' scores of these events, as the
@@ -646,18 +643,25 @@ class Detector:
             expected=explanation["expected"] * self.standardizer.scale + self.standardizer.mean,
         )
 
+    def _population_flags(
+        self, evaluation: Evaluation, huge: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The population's scores (n,) of evaluated events and its outlier flags (n,)."""
+        score = self.standardizer.log_scale_sum - evaluation.log_likelihood
+        best = evaluation.responsibilities.argmax(axis=1)
+        distance_sq = evaluation.mahalanobis_sq[np.arange(len(score)), best]
+        return score, self.threshold.flag(score, distance_sq) | huge
+
     def _score_keyed_rows(self, Z, huge, evaluation, entity) -> BatchResult:
         """``_score_rows`` with keys: the events of entities with enough events learnt under
         their adapted models (and their own threshold), the others under the population."""
         n = len(Z)
-        log_likelihood = evaluation.log_likelihood - self.standardizer.log_scale_sum
-        best = evaluation.responsibilities.argmax(axis=1)
-        distance_sq = evaluation.mahalanobis_sq[np.arange(n), best]
-        population_outlier = self.threshold.flag(-log_likelihood, distance_sq) | huge
+        population_score, population_outlier = self._population_flags(evaluation, huge)
+        log_likelihood = -population_score
         rows = self._scoring_rows(*entity[:2])
         use = rows >= 0
         explanation = {
-            "component": np.empty(n, dtype=best.dtype),
+            "component": np.empty(n, dtype=np.intp),
             "mahalanobis": np.empty(n),
             "contributions": np.empty(Z.shape),
             "surprise": np.empty(Z.shape),

@@ -60,13 +60,8 @@ class Unit:
     reseeds: int = 0
 
     def __post_init__(self) -> None:
-        self.evicted = dict(_evictions(self.detector))
+        self.evicted = dict(self.detector.entities.n_evicted)
         self.reseeds = self.detector.model.n_reseeds_
-
-
-def _evictions(detector: Detector) -> dict[str, int]:
-    entities = getattr(detector, "entities", None)
-    return dict(getattr(entities, "n_evicted", None) or {})
 
 
 class Units:
@@ -95,7 +90,7 @@ class Units:
         #: units of partitions revoked in an (eager) rebalance, with the position they
         #: were written at: reused when the same partition comes back unmoved
         self.retained: dict[TopicPartition, tuple[Unit, int | None]] = {}
-        self._warmup: int | None = None
+        self._template: Detector | None = None
 
     @classmethod
     def shared(cls, detector: Detector) -> Units:
@@ -184,21 +179,21 @@ class Units:
 
     @property
     def warmup(self) -> int:
-        units = list(self)
-        if units:
-            return units[0].detector.warmup
-        if self._warmup is None:
-            self._warmup = self.build().warmup
-        return self._warmup
+        return self.leader().warmup
 
     def entities_held(self) -> int:
-        return sum(len(getattr(u.detector, "entities", ())) for u in self)
+        return sum(len(u.detector.entities) for u in self)
 
-    def leader(self) -> Detector | None:
+    def leader(self) -> Detector:
         """The unit that has seen the most events: its threshold and components are
-        the ones exported (one shared model: that one)."""
+        the ones exported (one shared model: that one). Before any partition is
+        restored, a fresh detector, built once, stands for them."""
         units = list(self)
-        return max(units, key=lambda u: u.detector.n_seen).detector if units else None
+        if units:
+            return max(units, key=lambda u: u.detector.n_seen).detector
+        if self._template is None:
+            self._template = self.build()
+        return self._template
 
 
 def _order(item: tuple[TopicPartition, Unit]) -> tuple[str, int]:
