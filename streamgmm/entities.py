@@ -6,7 +6,9 @@ responsibilities, and its model is the MAP adaptation of the population's
 with relevance factor r (see DESIGN.md, section 7). With ``n_k`` the
 entity's soft count of component k, ``alpha_k = n_k / (n_k + r)``:
 
-- ``w_k'`` proportional to ``alpha_k n_k / N + (1 - alpha_k) w_k``,
+- ``w_k' = alpha n_k / N + (1 - alpha) w_k`` with ``alpha = N / (N + r)`` and N the
+  entity's total count (DESIGN.md uses alpha_k: a component the entity never visits
+  would keep the population's weight, see :meth:`EntityTable.adapted`),
 - ``mu_k' = alpha_k E_k[x] + (1 - alpha_k) mu_k``,
 - ``s_k'^2 = alpha_k Var_k[x] + (1 - alpha_k) s_k^2`` (DESIGN.md's formula less its
   ``alpha_k (1 - alpha_k)(E_k[x] - mu_k)^2``, see :meth:`EntityTable.adapted`),
@@ -42,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from .defaults import ENTITY_DEFAULTS
 from .gmm import _LOG_2PI, _TINY
 
 ENTITY_PATIENCE = 100  # horizon, in an entity's events, of its moving share of flagged events
@@ -50,7 +53,7 @@ EVICT_TO = 0.95  # share of the cap kept after a bulk eviction
 # the entities' variance floor, as a share of reg_covar: a host's own noise is typically
 # far below the population's spread, and reg_covar (sized for the population) would hide
 # its anomalies (measured in benchmarks/entities.py: AUC 0.94 -> 0.98 at r = 1)
-ENTITY_REG_SHARE = float(__import__("os").environ.get("STREAMGMM_ENTITY_REG_SHARE", "0.01"))
+ENTITY_REG_SHARE = 0.01
 NO_LIMIT = np.iinfo(np.int64).min
 
 # per-row arrays other than the statistics: name -> dtype
@@ -91,8 +94,8 @@ class EntityTable:
         self,
         n_components: int,
         n_features: int,
-        max_entities: int = 1_000_000,
-        idle_ttl_s: float | None = None,
+        max_entities: int = ENTITY_DEFAULTS.max_entities,
+        idle_ttl_s: float | None = ENTITY_DEFAULTS.idle_ttl_s,
         capacity: int = 16,
     ) -> None:
         if int(max_entities) < 1:
@@ -298,7 +301,8 @@ class EntityTable:
 
         Returns
         -------
-        log_weights : (U, K); means : (U, K, d); variances : (U, K, d), floored at reg_covar
+        log_weights : (U, K); means : (U, K, d); variances : (U, K, d), floored at
+        ``ENTITY_REG_SHARE * reg_covar``
         """
         n_raw = self.n[rows].astype(np.float64)
         safe = np.maximum(n_raw, 1e-6)[:, :, None]  # below it, alpha is nothing anyway
