@@ -294,11 +294,9 @@ def unpack_state(
         Intact but of another format version, kind or configuration.
     """
     if verify:
-        header = read_header(data)
-    else:
-        _, version, _, next_offset, fp_crc, _ = _HEADER.unpack_from(data)
-        header = RecordHeader(version, next_offset, fp_crc)
-    meta_len = _HEADER.unpack_from(data)[5]
+        read_header(data)
+    _, version, _, next_offset, fp_crc, meta_len = _HEADER.unpack_from(data)
+    header = RecordHeader(version, next_offset, fp_crc)
     start = _HEADER.size
     try:
         meta = json.loads(bytes(data[start : start + meta_len]))

@@ -709,26 +709,29 @@ class KafkaSource:
         """
         wanted = {TopicPartition(*tp) for tp in partitions}
         self._held |= wanted
-        consumer = self._consumer
-        assigned = self.assignment()
-        kafka = _kafka()
-        chosen = [kafka.TopicPartition(*tp) for tp in wanted if tp in assigned]
-        if consumer is not None and chosen:
-            consumer.pause(*chosen)
+        chosen = self._assigned_kafka(wanted)
+        if chosen:
+            self._consumer.pause(*chosen)
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         """Fetch from ``partitions`` again, unless membership is unsure (then when it is
         confirmed)."""
         wanted = {TopicPartition(*tp) for tp in partitions}
         self._held -= wanted
-        consumer = self._consumer
-        assigned = self.assignment()
-        if consumer is None or self._unsure_since is not None:
+        if self._unsure_since is not None:
             return
-        kafka = _kafka()
-        chosen = [kafka.TopicPartition(*tp) for tp in wanted if tp in assigned]
+        chosen = self._assigned_kafka(wanted)
         if chosen:
-            consumer.resume(*chosen)
+            self._consumer.resume(*chosen)
+
+    def _assigned_kafka(self, partitions: set[TopicPartition]) -> list:
+        """Those of ``partitions`` assigned now, as kafka-python's TopicPartitions (none
+        without a consumer)."""
+        if self._consumer is None:
+            return []
+        assigned = self.assignment()
+        kafka = _kafka()
+        return [kafka.TopicPartition(*tp) for tp in partitions if tp in assigned]
 
     def partition_count(self, topic: str) -> int | None:
         """How many partitions ``topic`` has, from the consumer's metadata (None: unknown)."""
