@@ -58,13 +58,12 @@ import numpy as np
 
 from .checkpoint import load_state, save_state
 from .defaults import ENTITY_DEFAULTS, MIN_WARMUP, MODEL_DEFAULTS
-from .entities import EntityTable, field_surprise_diag, mixture_terms
+from .entities import EntityTable, field_surprise_diag, logsumexp_components, mixture_terms
 from .gmm import (
     MAX_ABS_INPUT,
     Evaluation,
     OnlineGaussianMixture,
     RunningGaussian,
-    _logsumexp_rows,
 )
 from .threshold import QuantileThreshold, Threshold
 
@@ -571,7 +570,7 @@ class Detector:
         # the entities' threshold starts from their models' scores of these events, as the
         # population's starts from the mixture's (else their first micro-batch would be
         # judged by the population's, far above an adapted model's scores)
-        rows = self._scoring_rows(*columns[:2])
+        rows = self._scoring_rows(*columns[:2])[0]
         use = (rows >= 0) & ~outlier
         if use.any() and isinstance(self.entity_threshold, QuantileThreshold):
             own_ll = self._entity_scores(Z[use], rows[use], _subset(evaluation, use))[0]
@@ -655,11 +654,41 @@ class Detector:
     def _score_keyed_rows(self, Z, huge, evaluation, entity) -> BatchResult:
         """``_score_rows`` with keys: the events of entities with enough events learnt under
         their adapted models (and their own threshold), the others under the population."""
-        n = len(Z)
         population_score, population_outlier = self._population_flags(evaluation, huge)
-        log_likelihood = -population_score
-        rows = self._scoring_rows(*entity[:2])
+        rows, found = self._scoring_rows(*entity[:2])
         use = rows >= 0
+        if use.all():  # the usual micro-batch once the entities are known: no merging
+            log_likelihood, responsibilities, explanation = self._entity_scores(Z, rows, evaluation)
+            log_likelihood = log_likelihood - self.standardizer.log_scale_sum
+            outlier = (
+                self.entity_threshold.flag(-log_likelihood, explanation["mahalanobis"] ** 2) | huge
+            )
+            threshold = np.full(len(Z), self.entity_threshold.value)
+        else:
+            log_likelihood, responsibilities, explanation, outlier, threshold = self._merged(
+                Z, huge, evaluation, rows, use, population_score, population_outlier
+            )
+        self._pending.append(
+            _Scored(
+                Z,
+                evaluation,
+                outlier,
+                -log_likelihood,
+                huge,
+                population_outlier,
+                use,
+                *entity,
+                found,
+                self.entities.version,
+            )
+        )
+        return self._result(log_likelihood, threshold, outlier, responsibilities, explanation)
+
+    def _merged(self, Z, huge, evaluation, rows, use, population_score, population_outlier):
+        """Scores, responsibilities, explanation, flags and thresholds of a micro-batch's
+        events, some scored by their entities' models (``use``), the rest by the
+        population's."""
+        n = len(Z)
         explanation = {
             "component": np.empty(n, dtype=np.intp),
             "mahalanobis": np.empty(n),
@@ -668,9 +697,9 @@ class Detector:
             "expected": np.empty(Z.shape),
         }
         rest = ~use
-        if rest.any():
-            for name, value in self.model.explain(Z[rest], _subset(evaluation, rest)).items():
-                explanation[name][rest] = value
+        for name, value in self.model.explain(Z[rest], _subset(evaluation, rest)).items():
+            explanation[name][rest] = value
+        log_likelihood = -population_score
         outlier = population_outlier
         responsibilities = evaluation.responsibilities
         threshold = np.full(n, self.threshold.value)
@@ -686,10 +715,7 @@ class Detector:
             flags = self.entity_threshold.flag(-log_likelihood[use], own["mahalanobis"] ** 2)
             outlier[use] = flags | huge[use]
             threshold[use] = self.entity_threshold.value
-        self._pending.append(
-            _Scored(Z, evaluation, outlier, -log_likelihood, huge, population_outlier, use, *entity)
-        )
-        return self._result(log_likelihood, threshold, outlier, responsibilities, explanation)
+        return log_likelihood, responsibilities, explanation, outlier, threshold
 
     def _learn_pending(self) -> None:
         """The micro-batch is complete: learn its inliers, feed the threshold, watch for
@@ -733,30 +759,32 @@ class Detector:
         if isinstance(self.entity_threshold, QuantileThreshold):
             self.entity_threshold.initialise(self.threshold.value)
 
-    def _scoring_rows(self, keys: np.ndarray, has_key: np.ndarray) -> np.ndarray:
+    def _scoring_rows(self, keys: np.ndarray, has_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each event's entity row (n,), -1 where the population scores it (no key, an
-        entity unknown or with fewer than ``min_entity_events`` events learnt)."""
-        rows = np.full(len(keys), -1, dtype=np.intp)
+        entity unknown or with fewer than ``min_entity_events`` events learnt), and each
+        event's row in the table (n,), -1 where it has none."""
         table = self.entities
-        if not len(table) or not has_key.any():
-            return rows
-        unique, inverse = np.unique(keys[has_key], return_inverse=True)
-        found = table.rows_for(unique)
-        found[found >= 0] = np.where(
-            table.count[found[found >= 0]] >= self.min_entity_events, found[found >= 0], -1
+        if has_key.all():
+            found = table.rows_for(keys)
+        else:
+            found = np.full(len(keys), -1, dtype=np.intp)
+            if has_key.any():
+                found[has_key] = table.rows_for(keys[has_key])
+        known = found >= 0
+        rows = found.copy()
+        rows[known] = np.where(
+            table.count[found[known]] >= self.min_entity_events, found[known], -1
         )
-        rows[has_key] = found[inverse]
-        return rows
+        return rows, found
 
     def _entity_scores(self, z, rows, evaluation):
         """Log-likelihoods (m,), responsibilities (m, K) and explanation of the events z
         (m, d) under the adapted models of their entities ``rows`` (m,); ``evaluation``:
         the population's of z (its field surprise serves for full covariances)."""
         model, table = self.model, self.entities
-        unique, inverse = np.unique(rows, return_inverse=True)
         variances = model._ops.variances(model.covariances_, self.n_features)
         log_w, means, var = table.adapted(
-            unique,
+            rows,
             model.weights_,
             model.means_,
             variances,
@@ -765,7 +793,6 @@ class Detector:
             model.half_life,
             spherical=model.covariance_type == "spherical",
         )
-        log_w, means, var = log_w[inverse], means[inverse], var[inverse]
         full = model.covariance_type == "full"
         weighted, maha_sq, per_field = mixture_terms(
             z,
@@ -776,7 +803,7 @@ class Detector:
             model.precisions_cholesky_ if full else None,
             model._log_det if full else None,
         )
-        ll = _logsumexp_rows(weighted)
+        ll = logsumexp_components(weighted)
         resp = np.exp(weighted - ll[:, None])
         best = resp.argmax(axis=1)
         at = np.arange(len(z))
@@ -801,16 +828,22 @@ class Detector:
         if not has.any():
             return
         table = self.entities
-        unique, inverse = np.unique(batch.keys[has], return_inverse=True)
-        rows = table.rows_for(unique, insert=True)
+        keys = batch.keys[has]
+        if batch.rows is not None and batch.rows_version == table.version:
+            found = batch.rows[has]
+            new = found < 0
+            if new.any():
+                found[new] = table.rows_for(keys[new], insert=True)
+        else:
+            found = table.rows_for(keys, insert=True)
         Z = batch.Z[has]
         outlier = batch.outlier[has]
         learn = ~batch.huge[has] if self.learn_from_outliers else ~outlier
-        learn &= np.abs(Z).max(axis=1) < ENTITY_MAX_ABS_LEARNT
-        learn &= batch.offsets[has] >= table.learn_from[rows][inverse]
+        if np.abs(Z).max(initial=0.0) >= ENTITY_MAX_ABS_LEARNT:  # rare: one row at a time
+            learn &= np.abs(Z).max(axis=1) < ENTITY_MAX_ABS_LEARNT
+        learn &= batch.offsets[has] >= table.learn_from[found]
         table.learn(
-            rows,
-            inverse,
+            found,
             Z,
             batch.evaluation.responsibilities[has],
             learn,
@@ -1046,6 +1079,10 @@ class _Scored:
     keys: np.ndarray | None = None  # (n,) str
     has_key: np.ndarray | None = None  # (n,) bool
     offsets: np.ndarray | None = None  # (n,) int64
+    # each event's entity row when scored (-1: not in the table), valid while the
+    # table's version is the one noted: the learning need not look the keys up again
+    rows: np.ndarray | None = None  # (n,) intp
+    rows_version: int | None = None
 
     @staticmethod
     def concat(pieces: list[_Scored]) -> _Scored:
@@ -1054,12 +1091,15 @@ class _Scored:
         keyed = [p.keys is not None for p in pieces]
         if any(keyed) and not all(keyed):
             pieces = [p if p.keys is not None else p.with_no_keys() for p in pieces]
-        extra = ()
+        extra: tuple = ()
         if pieces[0].keys is not None:
             extra = tuple(
                 np.concatenate([getattr(p, f) for p in pieces])
                 for f in ("population_outlier", "by_entity", "keys", "has_key", "offsets")
             )
+            versions = {p.rows_version for p in pieces}
+            if len(versions) == 1 and None not in versions:
+                extra += (np.concatenate([p.rows for p in pieces]), versions.pop())
         return _Scored(
             np.concatenate([p.Z for p in pieces]),
             Evaluation(

@@ -55,6 +55,7 @@ EVICT_TO = 0.95  # share of the cap kept after a bulk eviction
 # its anomalies (measured in benchmarks/entities.py: AUC 0.94 -> 0.98 at r = 1)
 ENTITY_REG_SHARE = 0.01
 NO_LIMIT = np.iinfo(np.int64).min
+_VERSIONS = itertools.count()  # of the mapping of keys to rows, unique across tables
 
 # per-row arrays other than the statistics: name -> dtype
 _SCALARS = {
@@ -82,12 +83,17 @@ class EntityTable:
 
     Attributes
     ----------
-    n, m1, m2 : arrays of shape (capacity, K), (capacity, K, d), (capacity, K, d), float32
-        Soft counts, first and second (diagonal) moments per component.
+    stats : array of shape (capacity, K + 2 K d), float32
+        Per row: soft counts, first and second (diagonal) moments per component, one
+        block each, so that a micro-batch gathers and updates an entity in one step.
+    n, m1, m2 : views of ``stats`` of shape (capacity, K), (capacity, K, d), (capacity, K, d)
     clock : int
         Events learnt by the detector's micro-batches since the warm-up: the time
         of decay and activity, in events.
     n_evicted : dict {"cap": int, "idle": int}
+    version : int
+        Changes whenever a key loses its row (removal, a new storage), so rows looked up
+        under one version can be reused while it holds; unique across tables.
     """
 
     def __init__(
@@ -117,9 +123,7 @@ class EntityTable:
 
     def _allocate(self, capacity: int) -> None:
         K, d = self.n_components, self.n_features
-        self.n = np.zeros((capacity, K), dtype=np.float32)
-        self.m1 = np.zeros((capacity, K, d), dtype=np.float32)
-        self.m2 = np.zeros((capacity, K, d), dtype=np.float32)
+        self.stats = np.zeros((capacity, K + 2 * K * d), dtype=np.float32)
         for name, dtype in _SCALARS.items():
             setattr(self, name, np.zeros(capacity, dtype=dtype))
         self.learn_from[:] = NO_LIMIT
@@ -128,13 +132,28 @@ class EntityTable:
         self.keys: list[str | None] = [None] * capacity
         self._free: list[int] = []
         self._top = 0  # rows at or above it were never used
+        self.version = next(_VERSIONS)
 
     @property
     def capacity(self) -> int:
         return len(self.keys)
 
+    @property
+    def n(self) -> np.ndarray:
+        return self.stats[:, : self.n_components]
+
+    @property
+    def m1(self) -> np.ndarray:
+        K, d = self.n_components, self.n_features
+        return self.stats[:, K : K + K * d].reshape(-1, K, d)
+
+    @property
+    def m2(self) -> np.ndarray:
+        K, d = self.n_components, self.n_features
+        return self.stats[:, K + K * d :].reshape(-1, K, d)
+
     def _arrays(self) -> list[str]:
-        return ["n", "m1", "m2", *_SCALARS, "dirty", "saved"]
+        return ["stats", *_SCALARS, "dirty", "saved"]
 
     def _grow(self, needed: int) -> None:
         capacity = self.capacity
@@ -163,24 +182,28 @@ class EntityTable:
         """The population kept its components ``kept`` (in order) and gained ``n_new``:
         the entities' statistics follow (zero for the new components)."""
         kept = np.asarray(kept, dtype=np.intp)
-        for name in ("n", "m1", "m2"):
-            old = getattr(self, name)[:, kept]
-            pad = np.zeros((old.shape[0], n_new, *old.shape[2:]), dtype=old.dtype)
-            setattr(self, name, np.ascontiguousarray(np.concatenate([old, pad], axis=1)))
+        blocks = []
+        for old in (self.n, self.m1, self.m2):
+            pad = np.zeros((len(old), n_new, *old.shape[2:]), dtype=old.dtype)
+            blocks.append(np.concatenate([old[:, kept], pad], axis=1).reshape(len(old), -1))
+        self.stats = np.concatenate(blocks, axis=1)
         self.n_components = len(kept) + int(n_new)
 
     # -- keys -------------------------------------------------------------------
 
     def rows_for(self, keys: np.ndarray, insert: bool = False) -> np.ndarray:
-        """Rows of ``keys`` (distinct str, shape (U,)): -1 where absent, unless ``insert``."""
+        """The row of each key of ``keys`` (n,) str, repeats allowed: -1 where absent,
+        unless ``insert``. The rows stay valid while :attr:`version` does."""
         rows = np.fromiter(
             map(self.index.get, keys.tolist(), itertools.repeat(-1)),
             dtype=np.intp,
             count=len(keys),
         )
         if insert:
-            for i in np.flatnonzero(rows < 0):  # one step per new entity
-                rows[i] = self._insert(str(keys[i]))
+            for i in np.flatnonzero(rows < 0).tolist():  # one step per new entity
+                key = str(keys[i])
+                row = self.index.get(key)  # a repeat of a key inserted just before
+                rows[i] = self._insert(key) if row is None else row
         return rows
 
     def _insert(self, key: str) -> int:
@@ -206,15 +229,14 @@ class EntityTable:
 
     def reset_statistics(self, rows: np.ndarray) -> None:
         """The entities start again from the population (a level shift for good)."""
-        self.n[rows] = 0
-        self.m1[rows] = 0
-        self.m2[rows] = 0
+        self.stats[rows] = 0
         self.count[rows] = 0
         self.share[rows] = 0
         self.dirty[rows] = True
 
     def remove(self, rows: np.ndarray, reason: str | None = None) -> None:
         """Drop the entities of ``rows``; counted as evicted for ``reason``."""
+        self.version = next(_VERSIONS)
         for row in np.asarray(rows, dtype=np.intp).tolist():
             key = self.keys[row]
             if key is None:
@@ -292,7 +314,7 @@ class EntityTable:
         half_life: float | None = None,
         spherical: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """MAP-adapted parameters of the entities of ``rows`` (U,).
+        """MAP-adapted parameters of the entities of ``rows`` (U,), repeats allowed.
 
         Parameters
         ----------
@@ -304,27 +326,30 @@ class EntityTable:
         log_weights : (U, K); means : (U, K, d); variances : (U, K, d), floored at
         ``ENTITY_REG_SHARE * reg_covar``
         """
-        n_raw = self.n[rows].astype(np.float64)
-        safe = np.maximum(n_raw, 1e-6)[:, :, None]  # below it, alpha is nothing anyway
-        first = self.m1[rows] / safe
-        second = self.m2[rows] / safe
-        n = n_raw * self.decay_factor(rows, half_life)[:, None]
-        alpha = n / (n + relevance)
-        total = n.sum(axis=1, keepdims=True)
-        # the weights adapt with the entity's total count: a component the entity never
-        # visits loses its weight as the entity's own evidence grows (per-component alphas
-        # would keep the population's weight on it, and explain the host's anomalies)
-        alpha_w = total / (total + relevance)
-        w = alpha_w * n / np.maximum(total, _TINY) + (1.0 - alpha_w) * weights
-        w /= w.sum(axis=1, keepdims=True)
-        a = alpha[:, :, None]
-        mu = a * first + (1.0 - a) * means
+        K, d = self.n_components, self.n_features
+        stats = self.stats[rows].astype(np.float64)
+        n = stats[:, :K]
+        # per field of every component (U, K d): numpy broadcasts a (U, K, 1) factor over
+        # the fields a loop step per component; repeated, the products are flat
+        per_count = np.repeat(1.0 / np.maximum(n, 1e-6), d, axis=1)  # alpha is 0 below
+        first = stats[:, K : K + K * d] * per_count  # E[x]
+        second = stats[:, K + K * d :] * per_count  # E[x^2]
+        if half_life is not None:
+            n = n * self.decay_factor(rows, half_life)[:, None]
+        # the weights adapt with the entity's total count N: alpha N_k / N + (1 - alpha) w_k
+        # with alpha = N / (N + r), that is (N_k + r w_k) / (N + r); a component the entity
+        # never visits loses its weight as the entity's own evidence grows (per-component
+        # alphas would keep the population's weight on it, and explain the host's anomalies)
+        w = (n + relevance * weights) / (np.einsum("nk->n", n)[:, None] + relevance)
+        a = np.repeat(n / (n + relevance), d, axis=1)
+        means, variances = means.reshape(-1), variances.reshape(-1)
+        mu = (means + a * (first - means)).reshape(-1, K, d)
         # alpha E[(x - E x)^2] + (1 - alpha) s^2: the design's formula less its term
         # alpha (1 - alpha)(E x - mu)^2, which widens a young entity far from its
         # component's mean by that distance, so that all its events score above the
         # entities' threshold (and, not learnt, it never grows out of it; measured)
-        var = a * np.maximum(second - first**2, 0.0) + (1.0 - a) * variances
-        np.maximum(var, reg_covar * ENTITY_REG_SHARE, out=var)
+        var = variances + a * (np.maximum(second - first * first, 0.0) - variances)
+        var = np.maximum(var, reg_covar * ENTITY_REG_SHARE, out=var).reshape(-1, K, d)
         if spherical:
             var[:] = var.mean(axis=2, keepdims=True)
         return np.log(np.maximum(w, _TINY)), mu, var
@@ -332,7 +357,6 @@ class EntityTable:
     def learn(
         self,
         rows: np.ndarray,
-        inverse: np.ndarray,
         Z: np.ndarray,
         resp: np.ndarray,
         learn: np.ndarray,
@@ -345,7 +369,7 @@ class EntityTable:
 
         Parameters
         ----------
-        rows : (U,) the entities' rows; inverse : (n,) each event's index in rows
+        rows : (n,) each event's entity row
         Z : (n, d) standardised events; resp : (n, K) population responsibilities
         learn : (n,) bool, events the entity learns; flagged : (n,) bool, flagged events
         now : wall-clock seconds
@@ -355,43 +379,43 @@ class EntityTable:
         reset : rows whose share of flagged events passed ``regime_share`` (their
         statistics start again from the population).
         """
-        U, K = len(rows), self.n_components
+        K, d = self.n_components, self.n_features
+        rows, inverse = np.unique(rows, return_inverse=True)
+        U = len(rows)
+        # every column summed per entity in one np.bincount (numpy's reductions over
+        # groups of one or two events cost a loop step per group and column): the
+        # statistics of the events learnt, the events learnt and flagged
+        r = resp * learn[:, None]
+        z = np.where(learn[:, None], Z, 0.0)  # not learnt: maybe too large to square
+        weighted = r[:, :, None] * z[:, None, :]
+        columns = np.concatenate(
+            [
+                r,
+                weighted.reshape(len(r), K * d),
+                (weighted * z[:, None, :]).reshape(len(r), K * d),
+                learn[:, None],
+                flagged[:, None],
+            ],
+            axis=1,
+        )
+        C = columns.shape[1]
+        target = (inverse * C)[:, None] + np.arange(C)
+        sums = np.bincount(target.ravel(), columns.ravel(), minlength=U * C).reshape(U, C)
         seen = np.bincount(inverse, minlength=U)
-        n_flagged = np.bincount(inverse, weights=flagged, minlength=U)
-        n_learnt = np.bincount(inverse, weights=learn, minlength=U).astype(np.int64)
         # lazy decay of the statistics, then the batch's
         if half_life is not None:
             f = self.decay_factor(rows, half_life).astype(np.float32)
-            self.n[rows] *= f[:, None]
-            self.m1[rows] *= f[:, None, None]
-            self.m2[rows] *= f[:, None, None]
+            self.stats[rows] = self.stats[rows] * f[:, None] + sums[:, :-2]
+        else:
+            self.stats[rows] += sums[:, :-2]
         self.updated[rows] = self.clock
-        # sums per entity: the events sorted by entity, one np.add.reduceat
-        d = self.n_features
-        order = np.flatnonzero(learn)
-        order = order[np.argsort(inverse[order], kind="stable")]
-        r = resp[order]
-        z = Z[order]
-        weighted = r[:, :, None] * z[:, None, :]
-        columns = np.concatenate(
-            [r, weighted.reshape(len(r), K * d), (weighted * z[:, None, :]).reshape(len(r), K * d)],
-            axis=1,
-        )
-        sums = np.zeros((U, columns.shape[1]))
-        if len(order):
-            owner = inverse[order]
-            starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-            sums[owner[starts]] = np.add.reduceat(columns, starts, axis=0)
-        self.n[rows] += sums[:, :K]
-        self.m1[rows] += sums[:, K : K + K * d].reshape(U, K, d)
-        self.m2[rows] += sums[:, K + K * d :].reshape(U, K, d)
-        self.count[rows] += n_learnt
+        self.count[rows] += sums[:, -2].astype(np.int64)
         # activity (decayed with the eviction horizon) and the moving share of flagged events
         self.activity[rows] = self.decayed_activity(rows) + seen
         self.seen_at[rows] = self.clock
         self.last_seen[rows] = now
         keep = (1.0 - 1.0 / ENTITY_PATIENCE) ** seen
-        self.share[rows] = self.share[rows] * keep + (1.0 - keep) * n_flagged / seen
+        self.share[rows] = self.share[rows] * keep + (1.0 - keep) * sums[:, -1] / seen
         self.dirty[rows] = True
         reset = rows[self.share[rows] > regime_share]
         if len(reset):
@@ -423,9 +447,7 @@ class EntityTable:
         K, d = self.n_components, self.n_features
         n = np.asarray(state["n"], dtype=np.float32).reshape(-1)
         k = min(len(n), K)  # a record written before components were added has fewer
-        self.n[row] = 0
-        self.m1[row] = 0
-        self.m2[row] = 0
+        self.stats[row] = 0
         self.n[row, :k] = n[:k]
         self.m1[row, :k] = np.asarray(state["m1"], dtype=np.float32).reshape(-1, d)[:k]
         self.m2[row, :k] = np.asarray(state["m2"], dtype=np.float32).reshape(-1, d)[:k]
@@ -481,7 +503,7 @@ def mixture_terms(
     population_variances: np.ndarray | None = None,
     precision_cholesky: np.ndarray | None = None,
     log_det: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Per-row mixtures: ``log w_k + log N(z | k)`` (n, K), squared distances (n, K), and
     the per-field ``log N(z_j | k)`` (n, K, d) (diagonal only, else None).
 
@@ -493,14 +515,16 @@ def mixture_terms(
     diff = Z[:, None, :] - means
     d = Z.shape[1]
     if precision_cholesky is None:
-        sq = diff**2 / variances
-        per_field = -0.5 * (_LOG_2PI + np.log(variances) + sq)
-        maha = sq.sum(axis=2)
-        return log_weights + per_field.sum(axis=2), maha, per_field
+        sq = diff * diff / variances
+        log_var = np.log(variances)
+        per_field = -0.5 * (_LOG_2PI + log_var + sq)
+        maha = _sum_fields(sq)
+        weighted = log_weights - 0.5 * (d * _LOG_2PI + _sum_fields(log_var) + maha)
+        return weighted, maha, per_field
     scale = np.sqrt(population_variances / variances)  # (n, K, d)
     y = np.einsum("nkd,kde->nke", diff * scale, precision_cholesky)
-    maha = (y**2).sum(axis=2)
-    weighted = log_weights - 0.5 * d * _LOG_2PI + log_det + np.log(scale).sum(axis=2) - 0.5 * maha
+    maha = _sum_fields(y * y)
+    weighted = log_weights - 0.5 * d * _LOG_2PI + log_det + _sum_fields(np.log(scale)) - 0.5 * maha
     return weighted, maha, None
 
 
@@ -510,9 +534,36 @@ def field_surprise_diag(
     """``-log p(z_j | z_-j)`` (n, d) and ``E[z_j | z_-j]`` (n, d) of per-row diagonal
     mixtures: ``p(z_-j)`` is the mixture with field j marginalised out."""
     without = weighted[:, :, None] - per_field  # (n, K, d): log w_k + log N_k(z_-j)
-    peak = without.max(axis=1, keepdims=True)
-    e = np.exp(without - peak)
-    total = e.sum(axis=1)
-    surprise = np.log(total) + peak[:, 0, :] - log_likelihood[:, None]
-    expected = (e * means).sum(axis=1) / total
+    peak = component_max(without)
+    e = np.exp(without - peak[:, None, :])
+    total = np.einsum("nkd->nd", e)
+    surprise = np.log(total) + peak - log_likelihood[:, None]
+    expected = np.einsum("nkd,nkd->nd", e, means) / total
     return surprise, expected
+
+
+def logsumexp_components(a: np.ndarray) -> np.ndarray:
+    """``log sum_k exp a[:, k]`` of shape (n,) for ``a`` of shape (n, K)."""
+    peak = component_max(a)
+    return np.log(np.einsum("nk->n", np.exp(a - peak[:, None]))) + peak
+
+
+# Reductions over the short axes of a micro-batch's arrays: numpy's reductions along an
+# axis of a few elements cost a loop step per row (a max over K = 3 components of 256 x 8
+# values takes 20 us); einsum's sums and a maximum over the components' slices take 2-5.
+_FEW_COMPONENTS = 16
+
+
+def component_max(a: np.ndarray) -> np.ndarray:
+    """The maximum over axis 1 (the components) of ``a`` of shape (n, K, ...)."""
+    if a.shape[1] > _FEW_COMPONENTS or a.shape[1] == 0:
+        return a.max(axis=1)
+    peak = a[:, 0].copy()
+    for k in range(1, a.shape[1]):
+        np.maximum(peak, a[:, k], out=peak)
+    return peak
+
+
+def _sum_fields(a: np.ndarray) -> np.ndarray:
+    """The sum over the last axis (the fields) of ``a`` of shape (n, K, d)."""
+    return np.einsum("nkd->nk", a)

@@ -149,6 +149,27 @@ def test_idle_entities_expire():
     assert len(removed) == held and set(changed) == {"late"}
 
 
+def test_rows_looked_up_when_scoring_are_looked_up_again_after_an_eviction():
+    """A micro-batch's rows, found when its first events were scored, are not trusted
+    when it is learnt if entities were dropped in between: a freed row may be reused."""
+    s = small()
+    detector = Detector(warmup=200, random_state=0, idle_ttl_s=60.0)
+    detector.process(s.X[:1992], keys=s.keys[:1992], now=1000.0)  # whole micro-batches
+    host = s.keys[0]
+    own = np.array([i for i in range(1992) if s.keys[i] == host])
+    X = s.X[np.resize(own, 100)]
+    first = detector.process(X, keys=[host] * 100, now=1100.0)  # scored, not learnt yet
+    assert first.threshold[0] == detector.entity_threshold.value  # by its own model
+    assert detector.expire_idle(now=1100.0) == 40  # every host, this one included
+    second = detector.process(s.X[2092:2248], keys=["late"] * 156, now=1100.0)
+    table = detector.entities
+    assert set(table.index) == {host, "late"}
+    assert all(table.keys[row] == key for key, row in table.index.items())
+    assert table.count[table.index[host]] == (~first.is_outlier).sum() > 90
+    assert table.count[table.index["late"]] == (~second.is_outlier).sum() > 140
+    assert not table.stats[table._free].any()  # freed rows hold nothing
+
+
 def test_statistics_decay_with_the_half_life():
     table = EntityTable(n_components=1, n_features=1)
     rows = table.rows_for(np.array(["a"]), insert=True)
@@ -156,8 +177,7 @@ def test_statistics_decay_with_the_half_life():
 
     def learn():
         table.learn(
-            rows,
-            np.zeros(10, dtype=int),
+            np.repeat(rows, 10),
             z,
             np.ones((10, 1)),
             np.ones(10, bool),
@@ -174,6 +194,38 @@ def test_statistics_decay_with_the_half_life():
     learn()
     np.testing.assert_allclose(table.n[0, 0], 10 * 0.25 + 10)
     np.testing.assert_allclose(table.m1[0, 0, 0], 10 * 0.25 + 10)
+
+
+def test_learn_sums_each_entitys_events_as_one_at_a_time_would():
+    """A hot entity with half the micro-batch, entities of one event, an event too large
+    to square that is not learnt: the grouped sums equal a loop over the events."""
+    rng = np.random.default_rng(3)
+    K, d, n = 3, 5, 256
+    table = EntityTable(n_components=K, n_features=d)
+    keys = np.array(["hot"] * 128 + [f"k{i}" for i in rng.integers(0, 90, n - 128)])
+    keys = keys[rng.permutation(n)]
+    rows = table.rows_for(keys, insert=True)
+    Z = rng.normal(size=(n, d))
+    Z[7] = 1e200
+    resp = rng.dirichlet(np.ones(K), size=n)
+    learn = rng.random(n) < 0.9
+    learn[7] = False
+    flagged = ~learn
+    table.learn(rows, Z, resp, learn, flagged, None, regime_share=2.0, now=5.0)
+    n_ref = np.zeros((table.capacity, K))
+    m1_ref = np.zeros((table.capacity, K, d))
+    m2_ref = np.zeros((table.capacity, K, d))
+    for i in np.flatnonzero(learn):
+        n_ref[rows[i]] += resp[i]
+        m1_ref[rows[i]] += resp[i][:, None] * Z[i]
+        m2_ref[rows[i]] += resp[i][:, None] * Z[i] ** 2
+    np.testing.assert_allclose(table.n, n_ref, rtol=1e-6)
+    np.testing.assert_allclose(table.m1, m1_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(table.m2, m2_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(table.count, np.bincount(rows[learn], minlength=table.capacity))
+    hot = table.index["hot"]
+    assert table.activity[hot] == 128 and table.last_seen[hot] == 5.0
+    assert np.isfinite(table.stats).all()
 
 
 def test_a_detector_with_half_life_forgets_entity_statistics():
