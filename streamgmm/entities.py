@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 
 from .defaults import ENTITY_DEFAULTS
 from .gmm import _LOG_2PI, _TINY
@@ -379,43 +380,34 @@ class EntityTable:
         reset : rows whose share of flagged events passed ``regime_share`` (their
         statistics start again from the population).
         """
-        K, d = self.n_components, self.n_features
-        rows, inverse = np.unique(rows, return_inverse=True)
-        U = len(rows)
-        # every column summed per entity in one np.bincount (numpy's reductions over
-        # groups of one or two events cost a loop step per group and column): the
-        # statistics of the events learnt, the events learnt and flagged
-        r = resp * learn[:, None]
-        z = np.where(learn[:, None], Z, 0.0)  # not learnt: maybe too large to square
-        weighted = r[:, :, None] * z[:, None, :]
-        columns = np.concatenate(
-            [
-                r,
-                weighted.reshape(len(r), K * d),
-                (weighted * z[:, None, :]).reshape(len(r), K * d),
-                learn[:, None],
-                flagged[:, None],
-            ],
-            axis=1,
-        )
-        C = columns.shape[1]
-        target = (inverse * C)[:, None] + np.arange(C)
-        sums = np.bincount(target.ravel(), columns.ravel(), minlength=U * C).reshape(U, C)
-        seen = np.bincount(inverse, minlength=U)
+        order = np.argsort(rows, kind="stable")  # the events grouped by entity
+        grouped = rows[order]
+        first = np.empty(len(rows), dtype=bool)
+        first[:1] = True
+        np.not_equal(grouped[1:], grouped[:-1], out=first[1:])
+        rows, start = grouped[first], np.flatnonzero(first)
+        owner = np.cumsum(first) - 1  # of each grouped event, in 0..U-1
+        seen = np.diff(np.append(start, len(order)))
+        learnt = learn[order]
+        # zero the events not learnt (they may be too large to square)
+        z = np.where(learnt[:, None], Z[order], 0.0)
+        sums = _entity_sums(owner, start, seen, z, resp[order] * learnt[:, None])
+        n_learnt = np.bincount(owner, learnt, minlength=len(rows)).astype(np.int64)
+        n_flagged = np.bincount(owner, flagged[order], minlength=len(rows))
         # lazy decay of the statistics, then the batch's
         if half_life is not None:
             f = self.decay_factor(rows, half_life).astype(np.float32)
-            self.stats[rows] = self.stats[rows] * f[:, None] + sums[:, :-2]
+            self.stats[rows] = self.stats[rows] * f[:, None] + sums
         else:
-            self.stats[rows] += sums[:, :-2]
+            self.stats[rows] += sums
         self.updated[rows] = self.clock
-        self.count[rows] += sums[:, -2].astype(np.int64)
+        self.count[rows] += n_learnt
         # activity (decayed with the eviction horizon) and the moving share of flagged events
         self.activity[rows] = self.decayed_activity(rows) + seen
         self.seen_at[rows] = self.clock
         self.last_seen[rows] = now
         keep = (1.0 - 1.0 / ENTITY_PATIENCE) ** seen
-        self.share[rows] = self.share[rows] * keep + (1.0 - keep) * sums[:, -1] / seen
+        self.share[rows] = self.share[rows] * keep + (1.0 - keep) * n_flagged / seen
         self.dirty[rows] = True
         reset = rows[self.share[rows] > regime_share]
         if len(reset):
@@ -493,6 +485,54 @@ class EntityTable:
         self.keys[:E] = keys
         self.saved[:E] = True  # as far as we know: their removal is written
         self._top = E
+
+
+# below this many statistics per component block (K d), the products summed with one
+# np.bincount are faster than the sparse product (fewer numpy calls); above, the sparse
+# product builds no (n, K, d) array (d = 8, K = 3: 40 against 55 us; d = 64, K = 11:
+# 4.9 ms against 0.2)
+_DENSE_SUMS_MAX = 64
+
+
+def _entity_sums(
+    owner: np.ndarray, start: np.ndarray, count: np.ndarray, Z: np.ndarray, resp: np.ndarray
+) -> np.ndarray:
+    """Each entity's sums over its events: ``r_k``, ``r_k z`` and ``r_k z^2`` per
+    component, laid out as :attr:`EntityTable.stats` rows, shape (U, K + 2 K d).
+
+    The events are grouped by entity: owner (n,) the entity (0..U-1) of each; start,
+    count (U,) where each entity's events start, and how many; Z (n, d), resp (n, K),
+    both zero for the events not learnt.
+    """
+    n, K = resp.shape
+    U = len(start)
+    if K * Z.shape[1] <= _DENSE_SUMS_MAX:
+        weighted = resp[:, :, None] * Z[:, None, :]
+        columns = np.concatenate(
+            [resp, weighted.reshape(n, -1), (weighted * Z[:, None, :]).reshape(n, -1)], axis=1
+        )
+        C = columns.shape[1]
+        target = (owner * C)[:, None] + np.arange(C)
+        return np.bincount(target.ravel(), columns.ravel(), minlength=U * C).reshape(U, C)
+    # W of shape (U K, n), W[u K + k, i] = r_ik for the events i of entity u, filled row
+    # by row: entity u's block of K rows starts at start[u] K, each row holds its events
+    within = np.arange(n) - start[owner]
+    slot = (start[owner] * K + within)[:, None] + np.arange(K) * count[owner][:, None]
+    data = np.empty(n * K, dtype=np.float32)  # the statistics' precision
+    data[slot] = resp
+    columns = np.empty(n * K, dtype=np.intp)
+    columns[slot] = np.arange(n)[:, None]
+    indptr = np.append((start[:, None] * K + np.arange(K) * count[:, None]).reshape(-1), n * K)
+    W = scipy.sparse.csr_array((data, columns, indptr), shape=(U * K, n))
+    z = Z.astype(np.float32)  # the detector learns no |z| past 1e4: z^2 fits
+    return np.concatenate(
+        [
+            (W @ np.ones(n, dtype=np.float32)).reshape(U, K),
+            (W @ z).reshape(U, -1),
+            (W @ (z * z)).reshape(U, -1),
+        ],
+        axis=1,
+    )
 
 
 def mixture_terms(

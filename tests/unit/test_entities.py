@@ -196,11 +196,12 @@ def test_statistics_decay_with_the_half_life():
     np.testing.assert_allclose(table.m1[0, 0, 0], 10 * 0.25 + 10)
 
 
-def test_learn_sums_each_entitys_events_as_one_at_a_time_would():
+@pytest.mark.parametrize("d", [5, 40])  # K d under and over _DENSE_SUMS_MAX: both sums
+def test_learn_sums_each_entitys_events_as_one_at_a_time_would(d):
     """A hot entity with half the micro-batch, entities of one event, an event too large
     to square that is not learnt: the grouped sums equal a loop over the events."""
     rng = np.random.default_rng(3)
-    K, d, n = 3, 5, 256
+    K, n = 3, 256
     table = EntityTable(n_components=K, n_features=d)
     keys = np.array(["hot"] * 128 + [f"k{i}" for i in rng.integers(0, 90, n - 128)])
     keys = keys[rng.permutation(n)]
