@@ -71,7 +71,9 @@ WARMUP_FLAG_AFTER = 50  # warm-up events before the running Gaussian flags anyth
 WARMUP_FLAG_PROBABILITY = 1e-6  # chi-square tail beyond which a warm-up event is an outlier
 WARMUP_FITS = 3  # fits of the warm-up at most: each drops the events of too small components
 MICRO_BATCH = 256  # events per model update after the warm-up (benchmarks/README.md, "cuts")
-ENTITY_MAX_ABS_LEARNT = 1e4  # standardised values past it are never folded into float32 statistics
+# standardised values past it are never folded into the entities' float32 statistics, and
+# are scored at it by the entities' models (float32 squares stay finite)
+ENTITY_MAX_ABS = 1e4
 
 
 @dataclass(frozen=True)
@@ -794,8 +796,12 @@ class Detector:
             spherical=model.covariance_type == "spherical",
         )
         full = model.covariance_type == "full"
+        # float32, the entities' statistics' precision: log-likelihoods to about 1e-5
+        # nats, at half the memory traffic (keyed 0.32x -> 0.46x keyless at d = 64)
+        if np.abs(z).max(initial=0.0) > ENTITY_MAX_ABS:
+            z = np.clip(z, -ENTITY_MAX_ABS, ENTITY_MAX_ABS)
         weighted, maha_sq, per_field = mixture_terms(
-            z,
+            z.astype(np.float32),
             log_w,
             means,
             var,
@@ -816,10 +822,10 @@ class Detector:
             resp,
             {
                 "component": best,
-                "mahalanobis": np.sqrt(maha_sq[at, best]),
-                "contributions": (z - means[at, best]) / np.sqrt(var[at, best]),
-                "surprise": surprise,
-                "expected": expected,
+                "mahalanobis": np.sqrt(maha_sq[at, best], dtype=np.float64),
+                "contributions": (z - means[at, best]) / np.sqrt(var[at, best], dtype=np.float64),
+                "surprise": surprise.astype(np.float64, copy=False),
+                "expected": expected.astype(np.float64, copy=False),
             },
         )
 
@@ -839,8 +845,8 @@ class Detector:
         Z = batch.Z[has]
         outlier = batch.outlier[has]
         learn = ~batch.huge[has] if self.learn_from_outliers else ~outlier
-        if np.abs(Z).max(initial=0.0) >= ENTITY_MAX_ABS_LEARNT:  # rare: one row at a time
-            learn &= np.abs(Z).max(axis=1) < ENTITY_MAX_ABS_LEARNT
+        if np.abs(Z).max(initial=0.0) >= ENTITY_MAX_ABS:  # rare: one row at a time
+            learn &= np.abs(Z).max(axis=1) < ENTITY_MAX_ABS
         learn &= batch.offsets[has] >= table.learn_from[found]
         table.learn(
             found,

@@ -21,6 +21,10 @@ Only the diagonal second moments are kept (memory per entity stays small):
 correlation), so the evaluation is one GEMM-like product per row, as the
 population's.
 
+The entities' models score in float32, their statistics' precision (log-likelihoods
+to about 1e-5 nats; standardised values past ``1e4`` are scored there), at half the
+memory traffic of float64: with wide events (d = 64) it is most of the cost.
+
 The statistics live in contiguous float32 arrays (rows reused, grown by
 doubling), keyed by a dict. Rows are evicted by decayed activity when the
 table is full, so a burst of one-off keys cannot push out busy entities.
@@ -324,15 +328,17 @@ class EntityTable:
 
         Returns
         -------
-        log_weights : (U, K); means : (U, K, d); variances : (U, K, d), floored at
-        ``ENTITY_REG_SHARE * reg_covar``
+        log_weights : (U, K) float64; means : (U, K, d); variances : (U, K, d), floored at
+        ``ENTITY_REG_SHARE * reg_covar``, float32
         """
         K, d = self.n_components, self.n_features
-        stats = self.stats[rows].astype(np.float64)
-        n = stats[:, :K]
+        # the moments in float32, the statistics' own precision (the variances are
+        # floored far above its rounding); the counts and weights in float64
+        stats = self.stats[rows]
+        n = stats[:, :K].astype(np.float64)
         # per field of every component (U, K d): numpy broadcasts a (U, K, 1) factor over
         # the fields a loop step per component; repeated, the products are flat
-        per_count = np.repeat(1.0 / np.maximum(n, 1e-6), d, axis=1)  # alpha is 0 below
+        per_count = np.repeat(1.0 / np.maximum(stats[:, :K], 1e-6), d, axis=1)  # alpha is 0 below
         first = stats[:, K : K + K * d] * per_count  # E[x]
         second = stats[:, K + K * d :] * per_count  # E[x^2]
         if half_life is not None:
@@ -342,8 +348,9 @@ class EntityTable:
         # never visits loses its weight as the entity's own evidence grows (per-component
         # alphas would keep the population's weight on it, and explain the host's anomalies)
         w = (n + relevance * weights) / (np.einsum("nk->n", n)[:, None] + relevance)
-        a = np.repeat(n / (n + relevance), d, axis=1)
-        means, variances = means.reshape(-1), variances.reshape(-1)
+        a = np.repeat((n / (n + relevance)).astype(np.float32), d, axis=1)
+        means = means.reshape(-1).astype(np.float32)
+        variances = variances.reshape(-1).astype(np.float32)
         mu = (means + a * (first - means)).reshape(-1, K, d)
         # alpha E[(x - E x)^2] + (1 - alpha) s^2: the design's formula less its term
         # alpha (1 - alpha)(E x - mu)^2, which widens a young entity far from its
@@ -572,8 +579,10 @@ def field_surprise_diag(
     per_field: np.ndarray, weighted: np.ndarray, log_likelihood: np.ndarray, means: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """``-log p(z_j | z_-j)`` (n, d) and ``E[z_j | z_-j]`` (n, d) of per-row diagonal
-    mixtures: ``p(z_-j)`` is the mixture with field j marginalised out."""
-    without = weighted[:, :, None] - per_field  # (n, K, d): log w_k + log N_k(z_-j)
+    mixtures: ``p(z_-j)`` is the mixture with field j marginalised out; in the dtype of
+    ``per_field``."""
+    # (n, K, d): log w_k + log N_k(z_-j), in the per-field terms' precision
+    without = weighted.astype(per_field.dtype)[:, :, None] - per_field
     peak = component_max(without)
     e = np.exp(without - peak[:, None, :])
     total = np.einsum("nkd->nd", e)

@@ -298,12 +298,15 @@ def test_values_too_large_are_outliers_never_learnt():
     row = detector.entities.index[s.keys[0]]
     n_before = detector.entities.n[row].copy()
     huge = np.tile(s.X[:1], (10, 1))  # too few to reset the entity (see the level shift)
-    huge[:, 0] = 1e308
+    # past float64's squares, past float32's (the entities score in float32), past 1e4 sd
+    huge[:, 0] = [1e308, -1e308, 1e101, 1e30, -1e30, 3e19, 1e12, 5e5, 2e4, 1e300]
     rest = s.X[1992:2238]  # the micro-batch completed by events without a key
     result = detector.process(
         np.concatenate([huge, rest]), keys=[s.keys[0]] * 10 + [None] * len(rest)
     )
     assert result.is_outlier[:10].all()
+    assert np.isfinite(result.score).all() and (result.score[:10] > result.threshold[:10]).all()
+    assert np.isfinite(result.surprise).all() and (result.surprise[:10].argmax(axis=1) == 0).all()
     assert detector.n_pending == 0
     np.testing.assert_array_equal(detector.entities.n[row], n_before)
     assert np.isfinite(detector.entities.m2).all()
