@@ -88,7 +88,7 @@ def prefix_moments(X: np.ndarray, kept: np.ndarray):
 
 
 def gauss_scores(X, kept):
-    count, mean, var = prefix_moments(X, kept)
+    _, mean, var = prefix_moments(X, kept)
     z = (X - mean) ** 2 / var
     return 0.5 * (X.shape[1] * LOG_2PI + np.log(var).sum(1) + z.sum(1))
 
@@ -97,7 +97,7 @@ def kde_scores(X, kept, share):
     """-log of a Gaussian KDE of the kept earlier events, bandwidth ``share(count, d)``
     running sds per field; rows with no kept event before them: today's Gaussian."""
     n, d = X.shape
-    count, mean, var = prefix_moments(X, kept)
+    count, _, var = prefix_moments(X, kept)
     c = share(np.maximum(count, 1), d)
     bw = (c**2)[:, None] * var  # (n, d)
     W = 1.0 / bw
@@ -241,8 +241,10 @@ def main(argv=None):
     A = np.array([[table[s][c] for c in names] for s in sets_])
     mean = A.mean(0)
     base = mean[0]
-    print("\n| candidate | pool mean | - today | sets > 0.1 below HST (<15% anomalies) "
-          "| slowest warm-up (s) |")
+    print(
+        "\n| candidate | pool mean | - today | sets > 0.1 below HST (<15% anomalies) "
+        "| slowest warm-up (s) |"
+    )
     print("|---|---:|---:|---|---:|")
     for j, cand in enumerate(names):
         below = [
@@ -250,8 +252,10 @@ def main(argv=None):
             for i, s in enumerate(sets_)
             if s in refs and shares[s] < RARE_SHARE and A[i, j] < refs[s][0] - 0.10
         ]
-        print(f"| {cand} | {mean[j]:.4f} | {mean[j] - base:+.4f} | {', '.join(below)} "
-              f"| {seconds[cand]:.3f} |")
+        print(
+            f"| {cand} | {mean[j]:.4f} | {mean[j] - base:+.4f} | {', '.join(below)} "
+            f"| {seconds[cand]:.3f} |"
+        )
     # leave-one-set-out choice within each family
     families = {
         "kde (fixed share)": [c for c in names if re.fullmatch(r"kde-[0-9.]+", c)],
@@ -270,9 +274,11 @@ def main(argv=None):
             others = np.delete(A[:, idx], i, axis=0).mean(0)
             best = idx[int(np.argmax(others))]
             held.append(A[i, best])
-            chosen.append(names[best])
-        print(f"LOSO {fam}: mean {np.mean(held):.4f} ({np.mean(held) - base:+.4f}); "
-              f"chosen {dict(zip(*np.unique(chosen, return_counts=True)))}")
+            chosen.append(str(names[best]))
+        print(
+            f"LOSO {fam}: mean {np.mean(held):.4f} ({np.mean(held) - base:+.4f}); "
+            f"chosen {dict(zip(*np.unique(chosen, return_counts=True), strict=True))}"
+        )
     print("\nper set (today -> each):")
     print("| set | anomalies | " + " | ".join(names) + " |")
     for i, s in enumerate(sets_):
