@@ -1258,7 +1258,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         """``log p(x)`` of each row (shape (n_samples, n_features)) under the warm-up's
         density now, learning nothing: what the next warm-up event would be scored by."""
         X = np.clip(np.asarray(X, dtype=np.float64), -MAX_ABS_INPUT, MAX_ABS_INPUT)
-        gaussian = self._warm.score_samples(X)
+        gaussian = self.warmup_scorer.score_samples(X)
         if not self._started or self._warm.count == 0:
             return gaussian
         variance = np.broadcast_to(self._warm.floored_variance(), X.shape)
@@ -1307,7 +1307,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     @property
     def warmup_scorer(self) -> RunningGaussian:
-        """The running Gaussian that scores the warm-up (an empty one before any event)."""
+        """The running Gaussian that flags the warm-up (an empty one before any event)."""
         return self._warm if self._started else RunningGaussian()
 
     # -- parameters from statistics --------------------------------------
