@@ -7,9 +7,10 @@ the rest, and returns everything a record needs.
 Life of a detector:
 
 1. Warm-up. The first ``warmup`` events are scored one by one, each by a
-   running diagonal Gaussian of the events before it (an honest score, not
-   none); after 50 events, one far out even for that Gaussian is flagged and
-   left out. Then the standardiser is fixed from the kept events (mean and
+   Gaussian KDE of the kept events before it (an honest score, not none;
+   Silverman's bandwidth in the running standard deviations); after 50
+   events, one far out even for the running diagonal Gaussian of those events
+   is flagged and left out. Then the standardiser is fixed from the kept events (mean and
    standard deviation of each feature), the mixture is fitted on them by batch
    EM (K chosen by BIC when ``n_components="auto"``), and the threshold starts
    from the mixture's own score quantile.
@@ -89,11 +90,13 @@ class BatchResult:
     threshold : array of shape (n,)
         The threshold in force for each event (in the units its rule compares:
         score for quantile and loglik, squared Mahalanobis distance for chi2; in
-        the warm-up, the score at which the event would have been flagged, NaN
-        before the warm-up Gaussian flags anything).
+        the warm-up, the score plus half the squared distance to the warm-up
+        Gaussian that it still lacks to be flagged, so that ``score > threshold``
+        is the flag; NaN before the warm-up Gaussian flags anything).
     is_outlier : array of shape (n,), bool
     is_warmup : array of shape (n,), bool
-        Scored by the warm-up Gaussian; never outliers.
+        Scored by the warm-up's KDE; outliers only when far out for the warm-up
+        Gaussian.
     component : array of shape (n,), int
         Most responsible component (-1 during warm-up).
     responsibilities : array of shape (n, K)
@@ -481,8 +484,7 @@ class Detector:
         """
         X = _check_events(X, self.n_features)
         if not self.is_warmed_up:
-            warm = self.model.warmup_scorer
-            return -warm.score_samples(np.clip(X, -MAX_ABS_INPUT, MAX_ABS_INPUT))
+            return -self.model.warmup_log_likelihood(X)
         Z, _ = self._standardised(X)
         return self.standardizer.log_scale_sum - self.model.log_likelihood_unchecked(Z)
 

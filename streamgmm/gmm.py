@@ -26,9 +26,11 @@ estimators, initialisation, then the estimator.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,7 @@ COVARIANCE_TYPES = ("full", "diag", "spherical")
 MAX_ABS_INPUT = 1e100
 _LOG_2PI = math.log(2.0 * math.pi)
 _TINY = np.finfo(np.float64).tiny
+_MAX_BUFFER_PIECES = 16  # warm-up buffer pieces before they are joined into one
 
 
 # ---------------------------------------------------------------------------
@@ -407,6 +410,10 @@ class WarmupScores:
     threshold : array of shape (n_samples,)
         The score ``-log_likelihood`` above which the row would have been flagged
         (NaN where it could not be: too early in the warm-up).
+    variance : array of shape (n_samples, n_features)
+        The running Gaussian's variance each row was scored against (floored).
+    count : array of shape (n_samples,), int
+        Events kept before each row (the running Gaussian's count).
     """
 
     log_likelihood: np.ndarray
@@ -415,6 +422,8 @@ class WarmupScores:
     mean: np.ndarray
     flagged: np.ndarray
     threshold: np.ndarray
+    variance: np.ndarray
+    count: np.ndarray
 
 
 class RunningGaussian:
@@ -462,7 +471,7 @@ class RunningGaussian:
         """Log-density of each row under the current Gaussian (a unit one before two events)."""
         if self.count == 0:
             return np.full(X.shape[0], -0.5 * X.shape[1] * _LOG_2PI)
-        var = self._floored(self.mean, self.variance, self.count)
+        var = self.floored_variance()
         distance_sq = (((X - self.mean) ** 2) / var).sum(axis=1)
         return -0.5 * (X.shape[1] * _LOG_2PI + np.log(var).sum() + distance_sq)
 
@@ -485,6 +494,8 @@ class RunningGaussian:
         distance_sq = np.empty(n)
         centred = np.empty((n, d))
         mean = np.empty((n, d))
+        variance = np.empty((n, d))
+        count = np.empty(n, dtype=np.int64)
         flaggable = np.zeros(n, dtype=bool)
         flagged = np.zeros(n, dtype=bool)
         huge = np.abs(X).max(axis=1, initial=0.0) > MAX_ABS_INPUT
@@ -499,6 +510,7 @@ class RunningGaussian:
             log_likelihood[done], distance_sq[done], centred[done], mean[done] = (
                 s[: stop - start] for s in scores[:4]
             )
+            count[done], variance[done] = (s[: stop - start] for s in scores[4:])
             flaggable[done] = can_flag[: stop - start]
             if bad.any():
                 flagged[stop - 1] = True
@@ -512,7 +524,9 @@ class RunningGaussian:
             threshold = np.where(
                 flaggable, -log_likelihood + 0.5 * (flag_distance_sq - distance_sq), np.nan
             )
-        return WarmupScores(log_likelihood, distance_sq, centred, mean, flagged, threshold)
+        return WarmupScores(
+            log_likelihood, distance_sq, centred, mean, flagged, threshold, variance, count
+        )
 
     def _prefix_scores(self, X: np.ndarray, huge: np.ndarray):
         """Scores of each row under the running Gaussian of all the rows before it."""
@@ -537,7 +551,11 @@ class RunningGaussian:
             centred = diff / np.sqrt(var)
             distance_sq = z_sq.sum(axis=1)
             log_likelihood = -0.5 * (d * _LOG_2PI + np.log(var).sum(axis=1) + distance_sq)
-        return log_likelihood, distance_sq, centred, mean, count
+        return log_likelihood, distance_sq, centred, mean, count, var
+
+    def floored_variance(self) -> np.ndarray:
+        """The variance the next event is scored against: array of shape (n_features,)."""
+        return self._floored(self.mean, self.variance, self.count)
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"count": self.count, "reg_covar": self.reg_covar}
@@ -553,6 +571,117 @@ class RunningGaussian:
             gaussian.mean = np.array(state["mean"], dtype=np.float64)
             gaussian._m2 = np.array(state["m2"], dtype=np.float64)
         return gaussian
+
+
+def silverman_share(count: np.ndarray, n_features: int) -> np.ndarray:
+    """Silverman's rule in the standardised space: the kernel's bandwidth in running sds.
+
+    ``(4 / (d + 2)) ** (1 / (d + 4)) * m ** (-1 / (d + 4))`` for m kernels (at least 1)
+    in d dimensions: broad while the events are few, narrower as they accumulate.
+
+    >>> silverman_share(np.array([1, 100]), 2).round(3).tolist()
+    [1.0, 0.464]
+    """
+    m = np.maximum(np.asarray(count, dtype=np.float64), 1.0)
+    d = float(n_features)
+    return (4.0 / (d + 2.0)) ** (1.0 / (d + 4.0)) * m ** (-1.0 / (d + 4.0))
+
+
+def prefix_kde_log_likelihood(
+    X: np.ndarray,
+    kept: np.ndarray,
+    earlier: Sequence[np.ndarray],
+    variance: np.ndarray,
+    block: int = 256,
+) -> np.ndarray:
+    """Log-density of each row under a Gaussian KDE of the events before it.
+
+    Row i is scored under ``p_i(x) = (1 / m_i) sum_j N(x; e_j, diag(h_i ** 2))``, its
+    kernels e_j being the ``earlier`` events and the kept rows of X before row i
+    (m_i of them), with the bandwidth ``h_i = silverman_share(m_i, d) * sqrt(variance_i)``.
+    Exact per row, whatever the cut: the squared distances come from
+    ``|a - b|^2 = a^2 + b^2 - 2ab`` in blocks of ``block`` rows and kernels (GEMMs),
+    about the mean of the kernels before each block, not from a loop per row.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+    kept : array of shape (n_samples,), bool
+        The rows that become kernels for the rows after them.
+    earlier : sequence of arrays of shape (n_earlier_k, n_features)
+        The kernels before X (finite, not too large to be squared).
+    variance : array of shape (n_samples, n_features)
+        The per-field variance each row's bandwidth is a share of (positive).
+
+    Returns
+    -------
+    log_likelihood : array of shape (n_samples,)
+        ``-inf`` for a row with no kernel before it.
+
+    >>> X = np.array([[0.0], [1.0], [3.0]])
+    >>> ll = prefix_kde_log_likelihood(X, np.ones(3, bool), [], np.ones((3, 1)))
+    >>> h = silverman_share(np.array([1, 2]), 1)  # kernels before rows 1 and 2
+    >>> direct = [np.log(np.mean(stats.norm.pdf(X[i, 0], X[:i, 0], h[i - 1]))) for i in (1, 2)]
+    >>> bool(ll[0] == -np.inf), np.allclose(ll[1:], direct)
+    (True, True)
+    """
+    n, d = X.shape
+    pieces = [e for e in earlier if len(e)]
+    n_earlier = sum(len(e) for e in pieces)
+    own = X[kept]
+    if n_earlier + len(own) == 0:
+        return np.full(n, -np.inf)
+    count = n_earlier + np.concatenate([[0], np.cumsum(kept[:-1])]).astype(np.int64)
+    bandwidth_sq = silverman_share(count, d)[:, None] ** 2 * variance
+    own_rows = np.flatnonzero(kept)  # the row of X each own kernel is
+    earlier_sum = sum((e.sum(axis=0) for e in pieces), np.zeros(d))
+    own_sum = np.cumsum(own, axis=0)
+    sources = [(e[i : i + block], None) for e in pieces for i in range(0, len(e), block)]
+    sources += [(own[i : i + block], own_rows[i : i + block]) for i in range(0, len(own), block)]
+    out = np.empty(n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, n, block):
+            rows = slice(start, min(start + block, n))
+            # about the mean of the kernels before the block: every distance a row sees is
+            # then within the spread its own bandwidth measures (no cancellation, even on
+            # a field constant so far, whose variance is only the floor)
+            n_own = int(np.searchsorted(own_rows, start))
+            centre = (earlier_sum + (own_sum[n_own - 1] if n_own else 0.0)) / max(count[start], 1)
+            if count[start] == 0:
+                centre = own[0]
+            precision = 1.0 / bandwidth_sq[rows]
+            y = np.clip(X[rows], -MAX_ABS_INPUT, MAX_ABS_INPUT) - centre
+            y_sq = (precision * y * y).sum(axis=1)
+            total = np.full(y.shape[0], -np.inf)
+            for source, where in sources:
+                if where is not None and where[0] >= rows.stop - 1:
+                    break  # own kernels from here on come after every row of the block
+                kernels = source - centre
+                dist_sq = (
+                    y_sq[:, None] + precision @ (kernels**2).T - 2.0 * (precision * y) @ kernels.T
+                )
+                log_kernel = -0.5 * np.maximum(dist_sq, 0.0)
+                if where is not None:  # a row sees only the kept rows before it
+                    before = where[None, :] < np.arange(rows.start, rows.stop)[:, None]
+                    log_kernel = np.where(before, log_kernel, -np.inf)
+                total = np.logaddexp(total, _logsumexp_rows_safe(log_kernel))
+            out[rows] = (
+                total
+                - np.log(np.maximum(count[rows], 1))
+                - 0.5 * (d * _LOG_2PI + np.log(bandwidth_sq[rows]).sum(axis=1))
+            )
+    out[count == 0] = -np.inf
+    return out
+
+
+def _logsumexp_rows_safe(a: np.ndarray) -> np.ndarray:
+    """Row log-sum-exp that gives -inf for a row of -inf (or an empty row)."""
+    if a.shape[1] == 0:
+        return np.full(a.shape[0], -np.inf)
+    peak = a.max(axis=1)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(a - peak[:, None]).sum(axis=1)) + peak
 
 
 # ---------------------------------------------------------------------------
@@ -608,8 +737,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         matter (scikit-learn's bare floor is 1e-6).
     warmup : int
         Events buffered before the first fit by batch EM (from k-means++);
-        stepwise updates follow. Until then, events are scored by a single
-        diagonal Gaussian of the events seen so far.
+        stepwise updates follow. Until then, each event is scored by a Gaussian
+        KDE of the buffered events before it (see :meth:`warmup_step`).
     step_alpha, step_t0 : float
         Step schedule ``eta_i = (i + t0) ** -alpha`` per event, alpha in
         (0.5, 1]. With 1 the statistics are the running average of the whole
@@ -1075,9 +1204,13 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def warmup_step(
         self, X: np.ndarray, flag_after: int | None = None, flag_probability: float = 0.0
     ) -> WarmupScores:
-        """Score warm-up events one by one under the Gaussian of those before, and buffer them.
+        """Score warm-up events one by one under a density of those before, and buffer them.
 
-        Once ``flag_after`` events are buffered, an event beyond the chi-square
+        The score of each event is a Gaussian KDE of the buffered events before it
+        (:func:`prefix_kde_log_likelihood`, Silverman's bandwidth in the running
+        standard deviations; the running Gaussian's for the first event). The
+        returned ``distance_sq``, ``centred`` and ``mean`` are the running Gaussian's,
+        which flags: once ``flag_after`` events are buffered, an event beyond the chi-square
         ``flag_probability`` tail of that Gaussian is flagged and not buffered: far
         out even for one broad Gaussian of everything seen, it would win a component
         of its own. An event with a value beyond ``MAX_ABS_INPUT`` is never buffered.
@@ -1093,12 +1226,43 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self._reset()
         self.n_features_in_ = X.shape[1]
         critical = _chi2_tail(flag_probability, X.shape[1]) if flag_probability else math.inf
-        scores = self._warm.score_then_update(X, flag_after, critical)
+        gaussian = self._warm.score_then_update(X, flag_after, critical)
+        log_likelihood = self._warmup_density(
+            X, ~gaussian.flagged, gaussian.variance, gaussian.log_likelihood
+        )
+        scores = dataclasses.replace(
+            gaussian,
+            log_likelihood=log_likelihood,
+            # the flag is the Gaussian's: the score plus half the distance still to go
+            threshold=gaussian.threshold + gaussian.log_likelihood - log_likelihood,
+        )
         kept = X[~scores.flagged]
         if len(kept):
             self._buffer.append(kept.copy())
+            if len(self._buffer) > _MAX_BUFFER_PIECES:  # few, large blocks for the KDE
+                self._buffer = [np.concatenate(self._buffer)]
         self._buffered += X.shape[0]
         return scores
+
+    def _warmup_density(
+        self, X: np.ndarray, kept: np.ndarray, variance: np.ndarray, gaussian: np.ndarray
+    ) -> np.ndarray:
+        """The warm-up's log-likelihoods: the KDE of the kept events before each row
+        (:func:`prefix_kde_log_likelihood`), the running Gaussian's (``gaussian``, of
+        shape (n_samples,)) for a row with none before it or too large to be squared."""
+        kde = prefix_kde_log_likelihood(X, kept, self._buffer, variance)
+        own = np.isfinite(kde) & (np.abs(X).max(axis=1, initial=0.0) <= MAX_ABS_INPUT)
+        return np.where(own, kde, gaussian)
+
+    def warmup_log_likelihood(self, X: np.ndarray) -> np.ndarray:
+        """``log p(x)`` of each row (shape (n_samples, n_features)) under the warm-up's
+        density now, learning nothing: what the next warm-up event would be scored by."""
+        X = np.clip(np.asarray(X, dtype=np.float64), -MAX_ABS_INPUT, MAX_ABS_INPUT)
+        gaussian = self.warmup_scorer.score_samples(X)
+        if not self._started or self._warm.count == 0:
+            return gaussian
+        variance = np.broadcast_to(self._warm.floored_variance(), X.shape)
+        return self._warmup_density(X, np.zeros(len(X), dtype=bool), variance, gaussian)
 
     def _fit_warmup_buffer(self) -> None:
         buffer = self.warmup_buffer()
@@ -1143,7 +1307,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     @property
     def warmup_scorer(self) -> RunningGaussian:
-        """The running Gaussian that scores the warm-up (an empty one before any event)."""
+        """The running Gaussian that flags the warm-up (an empty one before any event)."""
         return self._warm if self._started else RunningGaussian()
 
     # -- parameters from statistics --------------------------------------
@@ -1218,8 +1382,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def score_samples(self, X) -> np.ndarray:
         """Log-likelihood of each row: array of shape (n_samples,).
 
-        Before the warm-up is complete, the single running Gaussian's; before
-        any event, ``NotFittedError``.
+        Before the warm-up is complete, the warm-up's density
+        (:meth:`warmup_log_likelihood`); before any event, ``NotFittedError``.
         """
         if not self.__sklearn_is_fitted__():
             raise NotFittedError(
@@ -1228,7 +1392,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             )
         X = self._validate(X, reset=False)
         if not self.is_fitted:
-            return self._warm.score_samples(X)
+            return self.warmup_log_likelihood(X)
         return self._evaluate(X).log_likelihood
 
     def score(self, X, y=None) -> float:

@@ -205,9 +205,9 @@ class ModelConfig:
     warmup: int = _key(
         Int(ge=MIN_WARMUP),
         MODEL_DEFAULTS.warmup,
-        "The first events, scored one by one by a running Gaussian (after 50, one far "
-        "out even for it is flagged and left out), then fitted by batch EM; counted as "
-        "warm-up.",
+        "The first events, scored one by one by a Gaussian KDE of the kept events before "
+        "each (flagged, after 50, when far out even for their running Gaussian, and left "
+        "out), then fitted by batch EM; counted as warm-up.",
     )
     standardize: bool = _key(
         Bool(),

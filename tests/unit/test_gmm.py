@@ -2,12 +2,19 @@ import pickle
 
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.mixture import GaussianMixture
 
 from streamgmm.checkpoint import CheckpointCorruptError
-from streamgmm.gmm import COVARIANCE_TYPES, OnlineGaussianMixture, batch_step
+from streamgmm.gmm import (
+    COVARIANCE_TYPES,
+    OnlineGaussianMixture,
+    RunningGaussian,
+    batch_step,
+    silverman_share,
+)
 
 # scikit-learn's default: where a test compares with its batch EM or with exact
 # variances, not the default 0.05 (a floor meant for standardised data)
@@ -204,7 +211,7 @@ def test_fit_twice_with_the_same_random_state_gives_the_same_model():
     np.testing.assert_array_equal(clone(model).fit(X).means_, first)
 
 
-def test_warm_up_scores_with_the_running_gaussian_before_the_mixture_exists():
+def test_warm_up_scores_with_the_warmup_density_before_the_mixture_exists():
     model = OnlineGaussianMixture(warmup=100)
     model.partial_fit(np.random.default_rng(0).normal(size=(10, 2)))
     assert not model.is_fitted
@@ -212,6 +219,53 @@ def test_warm_up_scores_with_the_running_gaussian_before_the_mixture_exists():
     assert scores[0] > scores[1]
     with pytest.raises(NotFittedError, match="10 seen"):
         model.predict([[0.0, 0.0]])
+
+
+def direct_warmup_log_likelihood(X, kept):
+    """Row by row: the Gaussian KDE of the kept rows before it, Silverman's share of
+    their running sd (floored as the running Gaussian floors it) as the bandwidth."""
+    n, d = X.shape
+    out = np.empty(n)
+    for i in range(n):
+        kernels = X[:i][kept[:i]]
+        m = len(kernels)
+        if m == 0:
+            out[i] = -0.5 * d * np.log(2 * np.pi)  # the running Gaussian's, a unit one
+            continue
+        var = kernels.var(axis=0) + 1e-12 + 1e-10 * kernels.mean(axis=0) ** 2
+        if m < 2:
+            var = np.maximum(var, 1.0)
+        h_sq = silverman_share(np.array([m]), d)[0] ** 2 * var
+        log_kernels = -0.5 * (((X[i] - kernels) ** 2 / h_sq).sum(axis=1))
+        log_kernels -= 0.5 * np.log(2 * np.pi * h_sq).sum()
+        out[i] = np.logaddexp.reduce(log_kernels) - np.log(m)
+    return out
+
+
+def test_warmup_scores_are_the_kde_of_the_kept_events_before_each():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(160, 3)) * [1.0, 100.0, 0.01] + [0.0, 1e4, 5.0]
+    X[:30, 2] = 5.0  # a field constant for a while: its variance is only the floor
+    X[[60, 90, 91, 130]] += [40.0, 0.0, 0.0]  # far out after 50 events: flagged, not kept
+    for cuts in ([160], [1] * 160, [7, 50, 3, 100]):
+        model = OnlineGaussianMixture(warmup=200)
+        parts = [model.warmup_step(part, 50, 1e-6) for part in np.split(X, np.cumsum(cuts)[:-1])]
+        ll = np.concatenate([p.log_likelihood for p in parts])
+        flagged = np.concatenate([p.flagged for p in parts])
+        threshold = np.concatenate([p.threshold for p in parts])
+        # the flags are the running Gaussian's, the score is the KDE of the events kept
+        gaussian = RunningGaussian().score_then_update(X, 50, stats.chi2.isf(1e-6, 3))
+        np.testing.assert_array_equal(flagged, gaussian.flagged)
+        assert flagged[[60, 90, 91, 130]].all() and flagged.sum() == 4
+        np.testing.assert_allclose(ll, direct_warmup_log_likelihood(X, ~flagged), rtol=1e-9)
+        # flagged exactly when the score passes the warm-up threshold
+        can = np.isfinite(threshold)
+        np.testing.assert_array_equal(-ll[can] > threshold[can], flagged[can])
+    # what the next event would be scored by, before it is learnt (the river path)
+    model = OnlineGaussianMixture(warmup=200)
+    model.warmup_step(X[:100], 50, 1e-6)
+    ahead = model.warmup_log_likelihood(X[100:101])
+    np.testing.assert_allclose(ahead, model.warmup_step(X[100:101], 50, 1e-6).log_likelihood)
 
 
 def test_a_fitted_model_pickles_and_scores_the_same():
