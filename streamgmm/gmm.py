@@ -442,6 +442,7 @@ class RunningGaussian:
     def __init__(self, reg_covar: float = 1e-12):
         self.reg_covar = reg_covar
         self.count = 0
+        self.n_flagged = 0  # rows flagged by their distance (not kept)
         self.mean: np.ndarray | None = None
         self._m2: np.ndarray | None = None
 
@@ -481,9 +482,13 @@ class RunningGaussian:
         """Score each row under the Gaussian of the rows kept before it, then keep it.
 
         Rows whose squared standardised distance exceeds ``flag_distance_sq``, once
-        ``flag_after`` rows are kept, are flagged and not kept; so are rows with a
-        value beyond ``MAX_ABS_INPUT`` (they cannot be squared), whatever the count.
-        Exact per row, vectorised with prefix sums: one pass, plus one per flagged row.
+        ``flag_after`` rows are kept, are flagged and not kept, as long as the rows so
+        flagged stay fewer than the rows kept: when the Gaussian would call the majority
+        far out, the Gaussian is wrong (a field constant so far, whose variance is only
+        the floor, would otherwise get every later row flagged and never learn that it
+        varies). Rows with a value beyond ``MAX_ABS_INPUT`` (they cannot be squared)
+        are flagged whatever the counts. Exact per row, vectorised with prefix sums: one
+        pass, plus one per flagged row.
 
         Parameters
         ----------
@@ -503,8 +508,11 @@ class RunningGaussian:
         while start < n:
             rows = slice(start, n)
             scores = self._prefix_scores(X[rows], huge[rows])
-            can_flag = scores[4] >= (math.inf if flag_after is None else flag_after)
-            bad = huge[rows] | (can_flag & (scores[1] > flag_distance_sq))
+            kept_before = scores[4]
+            can_flag = kept_before >= (math.inf if flag_after is None else flag_after)
+            can_flag &= self.n_flagged < kept_before  # the flagged stay a minority
+            far = can_flag & (scores[1] > flag_distance_sq)
+            bad = huge[rows] | far
             stop = n if not bad.any() else start + int(np.argmax(bad)) + 1
             done = slice(start, stop)
             log_likelihood[done], distance_sq[done], centred[done], mean[done] = (
@@ -514,6 +522,7 @@ class RunningGaussian:
             flaggable[done] = can_flag[: stop - start]
             if bad.any():
                 flagged[stop - 1] = True
+                self.n_flagged += int(far[stop - 1 - start] and not huge[stop - 1])
                 self.update(X[start : stop - 1])
             else:
                 self.update(X[start:stop])
@@ -558,7 +567,11 @@ class RunningGaussian:
         return self._floored(self.mean, self.variance, self.count)
 
     def get_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"count": self.count, "reg_covar": self.reg_covar}
+        state: dict[str, Any] = {
+            "count": self.count,
+            "reg_covar": self.reg_covar,
+            "n_flagged": self.n_flagged,
+        }
         if self.count:
             state["mean"], state["m2"] = self.mean, self._m2
         return state
@@ -567,6 +580,7 @@ class RunningGaussian:
     def from_state(cls, state: dict[str, Any]) -> RunningGaussian:
         gaussian = cls(state["reg_covar"])
         gaussian.count = int(state["count"])
+        gaussian.n_flagged = int(state.get("n_flagged", 0))  # absent from older checkpoints
         if gaussian.count:
             gaussian.mean = np.array(state["mean"], dtype=np.float64)
             gaussian._m2 = np.array(state["m2"], dtype=np.float64)

@@ -333,3 +333,28 @@ def test_data_far_from_zero_keeps_its_variances(covariance_type):
         )
         assert variances == pytest.approx(1.0, abs=0.06)  # sampling noise, not 0 or 42
     assert fitted.score(data) == pytest.approx(-2.84, abs=0.02)
+
+
+def test_the_warmup_gaussian_flags_a_minority_whatever_the_cut():
+    """A field constant for the first 60 rows: past it every row is far out for a
+    variance at the floor; the Gaussian flags them only while they stay fewer than the
+    rows kept, then keeps them and learns the field varies. Same flags whatever the cut,
+    and across a checkpoint (the count of flagged rows is saved)."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(400, 2))
+    X[:60, 1] = 3.0
+
+    def flags(cut):
+        gaussian, out = RunningGaussian(), []
+        for i in range(0, len(X), cut):
+            gaussian = RunningGaussian.from_state(gaussian.get_state())
+            out.append(gaussian.score_then_update(X[i : i + cut], 50, 30.0).flagged)
+        return gaussian, np.concatenate(out)
+
+    gaussian, whole = flags(len(X))
+    n_flagged, n_kept = np.cumsum(whole), np.cumsum(~whole)
+    assert (n_flagged <= n_kept).all() and whole[60:120].sum() >= 50  # a minority, then learnt
+    assert gaussian.n_flagged == whole.sum() and gaussian.count == len(X) - whole.sum()
+    assert not whole[200:].any()
+    for cut in (1, 7, 64):
+        np.testing.assert_array_equal(flags(cut)[1], whole)

@@ -21,6 +21,20 @@ def test_a_constant_stream_that_starts_to_vary_is_learnt_not_locked_out():
     assert detector.n_regime_changes <= 1
 
 
+def test_a_field_constant_at_start_up_does_not_get_the_stream_flagged():
+    """A field that holds still for the warm-up's first events (a counter before any
+    traffic, a sensor warming up) has only the floor for a variance: the warm-up must
+    not flag every event after it, nor the mixture fitted on what it kept."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6000, 3)) * [1.0, 2.0, 0.5] + [5.0, 7.0, -3.0]
+    X[:60, 1] = 7.0
+    detector = Detector(random_state=0)
+    flagged = feed(detector, X, cut=64)
+    assert flagged[:500].mean() < 0.15  # the warm-up: the first varying values at most
+    assert flagged[500:].mean() < 0.005
+    assert flagged[500:2500].mean() < 0.005  # no lock-out waiting for a regime change
+
+
 def host_kinds(rng, n):
     kinds = np.array([[20.0, 60.0, 40.0], [80.0, 30.0, 5.0], [50.0, 50.0, 15.0]])
     return kinds[rng.integers(0, 3, n)] + rng.normal(size=(n, 3)) * [3.0, 3.0, 4.0]
