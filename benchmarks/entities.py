@@ -38,6 +38,8 @@ STREAMS = {
     "200 hosts, d=8, 60k events": dict(
         n_events=60_000, n_hosts=200, d=8, seed=2, host_anomaly_rate=0.01
     ),
+    # young entities: 40 events a host, most judged before their 20th
+    "2000 hosts, d=4, 80k events": dict(n_events=80_000, n_hosts=2_000, d=4, seed=5),
 }
 RELEVANCES = (0.5, 1.0, 2.0, 4.0, 8.0)
 MIN_EVENTS = (5, 20, 40)
