@@ -846,7 +846,14 @@ class Detector:
             found = table.rows_for(keys, insert=True)
         Z = batch.Z[has]
         outlier = batch.outlier[has]
-        learn = ~batch.huge[has] if self.learn_from_outliers else ~outlier
+        # a young entity whose events the population mostly flags (unusual for the
+        # population from its first event, or since its level moved) learns them too:
+        # else its own model could never take over, and it would be flagged for ever
+        table = self.entities
+        adopting = (table.count[found] < self.min_entity_events) & (
+            table.share[found] > self.regime_share
+        )
+        learn = ~batch.huge[has] & (adopting | self.learn_from_outliers | ~outlier)
         if np.abs(Z).max(initial=0.0) >= ENTITY_MAX_ABS:  # rare: one row at a time
             learn &= np.abs(Z).max(axis=1) < ENTITY_MAX_ABS
         learn &= batch.offsets[has] >= table.learn_from[found]
@@ -859,6 +866,7 @@ class Detector:
             self.model.half_life,
             self.regime_share,
             self._now,
+            self.min_entity_events,
         )
         table.enforce_cap(self._now)
 

@@ -372,8 +372,16 @@ class EntityTable:
         half_life: float | None,
         regime_share: float,
         now: float,
+        min_events: int = ENTITY_DEFAULTS.min_events,
     ) -> np.ndarray:
         """Fold one micro-batch into the statistics of its entities.
+
+        The moving share of flagged events is an entity's regime watch, one per phase:
+        while young (fewer than ``min_events`` events learnt, scored by the population)
+        it counts the population's flags (past ``regime_share``, the entity is unusual
+        for the population and learns its flagged events too: the detector's
+        ``adopting``); once mature it counts its own model's flags, from zero (past
+        ``regime_share``, its level moved for good: its statistics start again).
 
         Parameters
         ----------
@@ -384,7 +392,7 @@ class EntityTable:
 
         Returns
         -------
-        reset : rows whose share of flagged events passed ``regime_share`` (their
+        reset : mature rows whose share of flagged events passed ``regime_share`` (their
         statistics start again from the population).
         """
         order = np.argsort(rows, kind="stable")  # the events grouped by entity
@@ -408,6 +416,7 @@ class EntityTable:
         else:
             self.stats[rows] += sums
         self.updated[rows] = self.clock
+        was_mature = self.count[rows] >= min_events
         self.count[rows] += n_learnt
         # activity (decayed with the eviction horizon) and the moving share of flagged events
         self.activity[rows] = self.decayed_activity(rows) + seen
@@ -415,8 +424,9 @@ class EntityTable:
         self.last_seen[rows] = now
         keep = (1.0 - 1.0 / ENTITY_PATIENCE) ** seen
         self.share[rows] = self.share[rows] * keep + (1.0 - keep) * n_flagged / seen
+        self.share[rows[~was_mature & (self.count[rows] >= min_events)]] = 0  # a new phase
         self.dirty[rows] = True
-        reset = rows[self.share[rows] > regime_share]
+        reset = rows[was_mature & (self.share[rows] > regime_share)]
         if len(reset):
             self.reset_statistics(reset)
         return reset
