@@ -154,8 +154,10 @@ class EntityConfig:
     min_events: int = _key(
         Int(ge=1),
         ENTITY_DEFAULTS.min_events,
-        "Events of an entity before its own model scores it; before that, the population "
-        "model does (a brand-new entity is judged from its first event).",
+        "Events of an entity before its own model scores it (at least sqrt(8 d) for d "
+        "fields: a young model's variances bias its scores by about d / n nats); before "
+        "that, the population model does (a brand-new entity is judged from its first "
+        "event).",
     )
     relevance: float = _key(
         Float(gt=0),

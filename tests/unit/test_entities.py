@@ -329,6 +329,24 @@ def test_a_burst_of_gross_anomalies_from_one_host_is_flagged_then_forgotten():
     assert not flagged[after[-100:]].any()
 
 
+def test_wide_events_are_not_flagged_while_the_entities_are_young():
+    """300 fields, 50 keys of one population: a young model's variances bias its scores
+    up by about d / n nats (with 20 events, 13-27% of the stream was flagged until the
+    entities had about 100 events); the own models wait for sqrt(8 d) events."""
+    rng = np.random.default_rng(0)
+    n, d = 6000, 300
+    X = rng.normal(size=(n, d)) + rng.integers(0, 3, n)[:, None] * 3.0
+    keys = [f"h{i}" for i in rng.integers(0, 50, n)]
+    detector = Detector(random_state=0)
+    assert detector.own_model_events == 20  # before any event: min_entity_events
+    result = detector.process(X, keys=keys)
+    assert detector.own_model_events == 49
+    assert result.is_outlier[1000:].mean() < 0.01
+    table = detector.entities
+    rows = table.rows_for(np.array(sorted(set(keys))))
+    assert (table.count[rows] >= 49).all()  # their own models score them in the end
+
+
 def test_values_too_large_are_outliers_never_learnt():
     s = small()
     detector = Detector(warmup=200, random_state=0, min_entity_events=5)
