@@ -10,9 +10,10 @@ entity's soft count of component k, ``alpha_k = n_k / (n_k + r)``:
   entity's total count (DESIGN.md uses alpha_k: a component the entity never visits
   would keep the population's weight, see :meth:`EntityTable.adapted`),
 - ``mu_k' = alpha_k E_k[x] + (1 - alpha_k) mu_k``,
-- ``s_k'^2 = alpha_k Var_k[x] + (1 - alpha_k) s_k^2`` (DESIGN.md's formula less its
-  ``alpha_k (1 - alpha_k)(E_k[x] - mu_k)^2``, see :meth:`EntityTable.adapted`),
-  floored at ``ENTITY_REG_SHARE * reg_covar``.
+- ``s_k'^2 = alpha_k Var_k[x] n_k / (n_k - 3) + (1 - alpha_k) s_k^2`` for n_k > 4, else
+  ``s_k^2`` (DESIGN.md's formula less its ``alpha_k (1 - alpha_k)(E_k[x] - mu_k)^2``,
+  with the ML variance made unbiased for squared distances; see
+  :meth:`EntityTable.adapted`), floored at ``ENTITY_REG_SHARE * reg_covar``.
 
 Only the diagonal second moments are kept (memory per entity stays small):
 ``diag`` uses the adapted variances as they are; ``spherical`` their mean;
@@ -356,7 +357,15 @@ class EntityTable:
         # alpha (1 - alpha)(E x - mu)^2, which widens a young entity far from its
         # component's mean by that distance, so that all its events score above the
         # entities' threshold (and, not learnt, it never grows out of it; measured)
-        var = variances + a * (np.maximum(second - first * first, 0.0) - variances)
+        # the entity's own variance, unbiased for the squared distances: the ML variance
+        # of n Gaussian events gives E[sigma^2 / s^2] = n / (n - 3), so young entities
+        # scored every field too far (d = 30, keys spread over three components: 3.8%
+        # -> 0.9% of events flagged as they matured); from 4 events or fewer it is no
+        # estimate yet: the population's variance stands
+        count = np.repeat(n.astype(np.float32), d, axis=1)
+        usable = count > 4.0
+        own = np.maximum(second - first * first, 0.0) * count / np.maximum(count - 3.0, 1.0)
+        var = variances + np.where(usable, a, 0.0) * (own - variances)
         var = np.maximum(var, reg_covar * ENTITY_REG_SHARE, out=var).reshape(-1, K, d)
         if spherical:
             var[:] = var.mean(axis=2, keepdims=True)
