@@ -349,23 +349,25 @@ class EntityTable:
         # never visits loses its weight as the entity's own evidence grows (per-component
         # alphas would keep the population's weight on it, and explain the host's anomalies)
         w = (n + relevance * weights) / (np.einsum("nk->n", n)[:, None] + relevance)
-        a = np.repeat((n / (n + relevance)).astype(np.float32), d, axis=1)
+        alpha = n / (n + relevance)
+        a = np.repeat(alpha.astype(np.float32), d, axis=1)
         means = means.reshape(-1).astype(np.float32)
         variances = variances.reshape(-1).astype(np.float32)
         mu = (means + a * (first - means)).reshape(-1, K, d)
         # alpha E[(x - E x)^2] + (1 - alpha) s^2: the design's formula less its term
         # alpha (1 - alpha)(E x - mu)^2, which widens a young entity far from its
         # component's mean by that distance, so that all its events score above the
-        # entities' threshold (and, not learnt, it never grows out of it; measured)
-        # the entity's own variance, unbiased for the squared distances: the ML variance
-        # of n Gaussian events gives E[sigma^2 / s^2] = n / (n - 3), so young entities
-        # scored every field too far (d = 30, keys spread over three components: 3.8%
-        # -> 0.9% of events flagged as they matured); from 4 events or fewer it is no
-        # estimate yet: the population's variance stands
-        count = np.repeat(n.astype(np.float32), d, axis=1)
-        usable = count > 4.0
-        own = np.maximum(second - first * first, 0.0) * count / np.maximum(count - 3.0, 1.0)
-        var = variances + np.where(usable, a, 0.0) * (own - variances)
+        # entities' threshold (and, not learnt, it never grows out of it; measured).
+        # The entity's own variance is made unbiased for the squared distances: the ML
+        # variance of n Gaussian events gives E[sigma^2 / s^2] = n / (n - 3), so young
+        # entities scored every field too far (d = 30, keys spread over three components:
+        # 3.8% -> 0.9% of events flagged as they matured); from 4 events or fewer it is
+        # no estimate yet, the population's variance stands. Per (U, K), then repeated:
+        # var = s^2 + alpha_v n / (n - 3) Var[x] - alpha_v s^2
+        alpha_v = np.where(n > 4.0, alpha, 0.0)
+        own_share = np.repeat((alpha_v * n / np.maximum(n - 3.0, 1.0)).astype(np.float32), d, 1)
+        pop_share = np.repeat((1.0 - alpha_v).astype(np.float32), d, axis=1)
+        var = own_share * np.maximum(second - first * first, 0.0) + pop_share * variances
         var = np.maximum(var, reg_covar * ENTITY_REG_SHARE, out=var).reshape(-1, K, d)
         if spherical:
             var[:] = var.mean(axis=2, keepdims=True)
