@@ -48,10 +48,12 @@ class EntityDefaults:
     """One default per parameter of the per-entity models (the config's ``model.entity``;
     the Detector's ``min_entity_events``, ``relevance``, ``max_entities``, ``idle_ttl_s``)."""
 
-    # 5 finds more host anomalies when hosts have few events each (2,000 hosts of 40:
-    # AUC 0.97 against 0.89, benchmarks/entities.py), but hosts joining a long-running
-    # detector then get their 6th-10th normal events flagged at 2.5% (judged against the
-    # threshold learnt from mature hosts' models); 20 flags none of them
+    # 5 or 10 find more host anomalies when hosts have few events each (2,000 hosts of
+    # 40: AUC 0.97 / 0.96 against 0.89, benchmarks/entities.py), but with 5 hosts joining
+    # a long-running detector get their 6th-10th normal events flagged at 2-4% (judged
+    # against the threshold learnt from mature hosts' models), and with 10 a host
+    # unusual for the population, or wide events whose keys spread over components,
+    # are flagged for hundreds of events (tests in test_entities.py); 20 does neither
     min_events: int = 20
     relevance: float = 0.5  # chosen by measurement: benchmarks/entities.py
     max_entities: int = 1_000_000

@@ -11,6 +11,7 @@ import yaml
 
 from streamgmm import config as C
 from streamgmm.config import ConfigError, load_config, parse_config
+from streamgmm.defaults import ENTITY_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "config" / "streamgmm.yaml"
@@ -475,7 +476,7 @@ def test_entity_models_need_the_key():
     assert error.startswith("model.entity.enabled: per-entity models need the entity id")
     raw = with_("features.key", "host", with_("model.entity.enabled", True))
     cfg = parse_config(raw, env={})
-    assert cfg.model.entity.enabled and cfg.model.entity.min_events == 20
+    assert cfg.model.entity.enabled and cfg.model.entity.min_events == ENTITY_DEFAULTS.min_events
 
 
 def test_state_topic_is_exclusive_with_the_file():

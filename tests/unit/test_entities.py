@@ -341,9 +341,11 @@ def test_wide_events_are_not_flagged_while_the_entities_are_young(d):
     X = rng.normal(size=(n, d)) + rng.integers(0, 3, n)[:, None] * 3.0
     keys = [f"h{i}" for i in rng.integers(0, 50, n)]
     detector = Detector(random_state=0)
-    assert detector.own_model_events == 20  # before any event: min_entity_events
+    assert detector.own_model_events == detector.min_entity_events  # before any event
     flagged = detector.process(X, keys=keys).is_outlier
-    assert detector.own_model_events == max(20, int(np.ceil(np.sqrt(8 * d))))
+    assert detector.own_model_events == max(
+        detector.min_entity_events, int(np.ceil(np.sqrt(8 * d)))
+    )
     assert max(flagged[i : i + 1000].mean() for i in range(1000, n, 1000)) < 0.02
     assert flagged[1000:].mean() < 0.01
     table = detector.entities
