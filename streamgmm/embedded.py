@@ -292,6 +292,22 @@ class EmbeddedBroker:
             raise BrokerError("the broker is not running")
         self._process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
         self._paused = True
+        self._wait_until_stopped()
+
+    def _wait_until_stopped(self, timeout_s: float = 2.0) -> None:
+        """A signal is delivered asynchronously: on Linux, wait until the kernel shows the
+        process stopped, so that what the caller does next meets a frozen broker."""
+        stat = f"/proc/{self._process.pid}/stat"  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with open(stat) as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return  # not Linux, or gone: nothing to wait for
+            if state in ("T", "t"):
+                return
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """Unfreeze the broker (SIGCONT)."""
