@@ -51,7 +51,7 @@ import numpy as np
 import scipy.sparse
 
 from .defaults import ENTITY_DEFAULTS
-from .gmm import _LOG_2PI, _TINY
+from .gmm import _LOG_2PI, _TINY, component_max
 
 ENTITY_PATIENCE = 100  # horizon, in an entity's events, of its moving share of flagged events
 ACTIVITY_HORIZON_MIN = 10_000  # events: half-life of the activity that ranks entities for eviction
@@ -548,10 +548,10 @@ def _entity_sums(
     slot = (start[owner] * K + within)[:, None] + np.arange(K) * count[owner][:, None]
     data = np.empty(n * K, dtype=np.float32)  # the statistics' precision
     data[slot] = resp
-    columns = np.empty(n * K, dtype=np.intp)
-    columns[slot] = np.arange(n)[:, None]
+    indices = np.empty(n * K, dtype=np.intp)
+    indices[slot] = np.arange(n)[:, None]
     indptr = np.append((start[:, None] * K + np.arange(K) * count[:, None]).reshape(-1), n * K)
-    W = scipy.sparse.csr_array((data, columns, indptr), shape=(U * K, n))
+    W = scipy.sparse.csr_array((data, indices, indptr), shape=(U * K, n))
     z = Z.astype(np.float32)  # the detector learns no |z| past 1e4: z^2 fits
     return np.concatenate(
         [
@@ -610,28 +610,6 @@ def field_surprise_diag(
     surprise = np.log(total) + peak - log_likelihood[:, None]
     expected = np.einsum("nkd,nkd->nd", e, means) / total
     return surprise, expected
-
-
-def logsumexp_components(a: np.ndarray) -> np.ndarray:
-    """``log sum_k exp a[:, k]`` of shape (n,) for ``a`` of shape (n, K)."""
-    peak = component_max(a)
-    return np.log(np.einsum("nk->n", np.exp(a - peak[:, None]))) + peak
-
-
-# Reductions over the short axes of a micro-batch's arrays: numpy's reductions along an
-# axis of a few elements cost a loop step per row (a max over K = 3 components of 256 x 8
-# values takes 20 us); einsum's sums and a maximum over the components' slices take 2-5.
-_FEW_COMPONENTS = 16
-
-
-def component_max(a: np.ndarray) -> np.ndarray:
-    """The maximum over axis 1 (the components) of ``a`` of shape (n, K, ...)."""
-    if a.shape[1] > _FEW_COMPONENTS or a.shape[1] == 0:
-        return a.max(axis=1)
-    peak = a[:, 0].copy()
-    for k in range(1, a.shape[1]):
-        np.maximum(peak, a[:, k], out=peak)
-    return peak
 
 
 def _sum_fields(a: np.ndarray) -> np.ndarray:
