@@ -31,6 +31,11 @@ Life of a detector:
    then on the new regime is scored and learnt as normal. A burst of one
    pattern shorter than about ``patience * regime_share`` events, or an attack
    on half the traffic for fewer than about ``patience`` events, stays flagged.
+   One case does not wait: when almost all the traffic has been flagged for a
+   few hundred events and the flagged events are many and spread like traffic
+   (not a flood that repeats a few events or sits far narrower than any
+   component), the traffic moved as a whole and the model describes none of
+   it; it becomes a new regime at once (:meth:`Quarantine.is_lockout`).
 
 Examples
 --------
@@ -196,24 +201,48 @@ class Quarantine:
     """
 
     RECENT = 1000  # horizon, in events, of the share that sizes a new regime
+    BRIEF = 100  # horizon, in events, of the share that tells a lock-out
+    LOCKED_OUT = 0.8  # brief share past which the model explains almost none of the traffic
+    DISTINCT = 0.5  # least share of distinct events among the latest flagged: not a replay
+    SPREAD = 0.5  # least spread of the latest flagged events, against the components': not a flood
 
     def __init__(self, patience: int = 8000, capacity: int = 2000):
         self.patience = int(patience)
         self.capacity = int(capacity)
         self.share = 0.0
         self.recent = 0.0
+        self.brief = 0.0
         self.rows: np.ndarray | None = None
 
     def observe(self, flagged_rows: np.ndarray, n_events: int) -> None:
         flagged = len(flagged_rows) / max(n_events, 1)
         self.share = _moving_share(self.share, flagged, n_events, self.patience)
         self.recent = _moving_share(self.recent, flagged, n_events, self.RECENT)
+        self.brief = _moving_share(self.brief, flagged, n_events, self.BRIEF)
         if len(flagged_rows):
             kept = flagged_rows if self.rows is None else np.concatenate([self.rows, flagged_rows])
             self.rows = kept[-self.capacity :]
 
+    def is_lockout(self, log_variance: np.ndarray) -> bool:
+        """Almost all the latest traffic is flagged, and it spreads like traffic: the
+        traffic moved as a whole (a deployment, a new kind of host, a constant stream
+        that starts to vary) and the model describes none of it.
+
+        ``log_variance`` (d,): the model's components' log-variance of each field, by
+        weight. A flood (a replayed request, a retry storm) repeats a few events, or
+        is far narrower than the components: it stays on the slow rule
+        (``regime_share`` over ``patience``), as does an attack on part of the traffic,
+        which leaves the brief share far below ``LOCKED_OUT``."""
+        if self.brief < self.LOCKED_OUT or len(self) < 2:
+            return False
+        latest = self.rows[-2 * self.BRIEF :]
+        if len(np.unique(latest, axis=0)) < self.DISTINCT * len(latest):
+            return False  # a replay of a few events
+        spread = np.log(np.maximum(latest.var(axis=0), np.finfo(float).tiny))
+        return spread.mean() >= log_variance.mean() + 2.0 * math.log(self.SPREAD)
+
     def release(self) -> np.ndarray:
-        rows, self.rows, self.share = self.rows, None, 0.0
+        rows, self.rows, self.share, self.brief = self.rows, None, 0.0, 0.0
         return rows
 
     def __len__(self) -> int:
@@ -919,9 +948,11 @@ class Detector:
         traffic that is gone)."""
         quarantine = self.quarantine
         quarantine.observe(Z[outlier], len(Z))
-        if quarantine.share < self.regime_share or len(quarantine) < 2:
+        if len(quarantine) < 2:
             return
-        weight = min(max(quarantine.recent, self.regime_share), 0.95)
+        if quarantine.share < self.regime_share and not self._is_lockout():
+            return
+        weight = min(max(quarantine.recent, quarantine.brief, self.regime_share), 0.95)
         rows = quarantine.release()
         model = self.model
         size = model.max_components if model.n_components == "auto" else model.n_components
@@ -932,6 +963,13 @@ class Detector:
         self.entities.grow_components(np.sort(np.argsort(old_s0)[::-1][:n_kept]), len(added))
         self._anchor_threshold(rows)
         self.n_regime_changes += 1
+
+    def _is_lockout(self) -> bool:
+        quarantine, model = self.quarantine, self.model
+        if quarantine.brief < quarantine.LOCKED_OUT:
+            return False  # the usual case: spare the variances
+        variances = model._ops.variances(model.covariances_, self.n_features)
+        return quarantine.is_lockout(model.weights_ @ np.log(variances))
 
     # -- persistence ----------------------------------------------------------
 
@@ -973,6 +1011,7 @@ class Detector:
                 "capacity": self.quarantine.capacity,
                 "share": self.quarantine.share,
                 "recent": self.quarantine.recent,
+                "brief": self.quarantine.brief,
             },
             "n_seen": self.n_seen,
             "n_outliers": self.n_outliers,
@@ -1024,6 +1063,7 @@ class Detector:
         detector.quarantine = Quarantine(params["patience"], quarantine["capacity"])
         detector.quarantine.share = float(quarantine["share"])
         detector.quarantine.recent = float(quarantine.get("recent", quarantine["share"]))
+        detector.quarantine.brief = float(quarantine.get("brief", 0.0))
         if "rows" in quarantine:
             detector.quarantine.rows = np.array(quarantine["rows"], dtype=np.float64)
         standardizer = state.get("standardizer")

@@ -1,6 +1,7 @@
 """Regime changes may make a new pattern normal, never normal traffic abnormal."""
 
 import numpy as np
+import pytest
 
 from streamgmm.detector import Detector
 
@@ -54,6 +55,44 @@ def test_an_attack_on_half_the_traffic_displaces_no_normal_kind():
     assert flagged[70000:].mean() <= 0.005, "normal events flagged after the attack"
     assert in_attack[attack][:5000].mean() >= 0.5, "the attack's first events went unflagged"
     assert detector.model.n_components_ > 3  # the attack was added, nothing replaced
+
+
+def new_fleet(rng, n):
+    """Other kinds of hosts, as spread as the first ones: a deployment replaced them all."""
+    kinds = np.array([[60.0, 10.0, 70.0], [10.0, 80.0, 60.0]])
+    return kinds[rng.integers(0, 2, n)] + rng.normal(size=(n, 3)) * [3.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("cut", [1, 64, 500])
+def test_traffic_that_moves_as_a_whole_is_learnt_within_a_few_hundred_events(cut, tmp_path):
+    """Every event flagged, and spread like traffic, not a flood of one pattern: the
+    model describes none of the traffic. Waiting for ``regime_share`` of ``patience``
+    would flag the new fleet for 2,300 events; it is learnt after about 300, whatever
+    the cut, across a checkpoint taken during the lock-out."""
+    rng = np.random.default_rng(5)
+    X = np.concatenate([host_kinds(rng, 3000), new_fleet(rng, 6000)])
+    detector = Detector(random_state=0)
+    first = feed(detector, X[:3100], cut)
+    detector.save(tmp_path / "d.npz")
+    rest = feed(Detector.load(tmp_path / "d.npz"), X[3100:], cut)
+    flagged = np.concatenate([first, rest])
+    assert flagged[3000:3200].all()  # the new fleet is news at first
+    assert flagged[3000:3600].mean() < 0.7
+    assert flagged[3600:].mean() <= 0.005
+    reference = feed(Detector(random_state=0), X, 500)
+    np.testing.assert_array_equal(flagged, reference)
+
+
+def test_a_flood_of_a_few_repeated_events_stays_flagged():
+    """A replayed attack (a handful of distinct requests, repeated) is the whole traffic
+    for 1,000 events, as http's bursts are: narrower than any component, it is not a
+    new population and stays flagged."""
+    rng = np.random.default_rng(6)
+    replayed = new_fleet(rng, 12)
+    X = np.concatenate([host_kinds(rng, 5000), replayed[rng.integers(0, 12, 1000)]])
+    detector = Detector(random_state=0)
+    flagged = feed(detector, X)
+    assert flagged[-1000:].all() and detector.n_regime_changes == 0
 
 
 def test_a_burst_of_one_pattern_stays_flagged():
