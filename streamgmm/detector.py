@@ -202,9 +202,12 @@ class Quarantine:
 
     RECENT = 1000  # horizon, in events, of the share that sizes a new regime
     BRIEF = 100  # horizon, in events, of the share that tells a lock-out
-    LOCKED_OUT = 0.8  # brief share past which the model explains almost none of the traffic
+    LOCKED_OUT = 0.7  # brief share past which the model explains almost none of the traffic
     DISTINCT = 0.5  # least share of distinct events among the latest flagged: not a replay
-    SPREAD = 0.5  # least spread of the latest flagged events, against the components': not a flood
+    # the latest flagged events spread like traffic: between half and a hundred times the
+    # components' standard deviations (geometric means over the fields), not a flood, nor
+    # the garbage of a broken producer
+    SPREAD = (0.5, 100.0)
 
     def __init__(self, patience: int = 8000, capacity: int = 2000):
         self.patience = int(patience)
@@ -230,7 +233,8 @@ class Quarantine:
 
         ``log_variance`` (d,): the model's components' log-variance of each field, by
         weight. A flood (a replayed request, a retry storm) repeats a few events, or
-        is far narrower than the components: it stays on the slow rule
+        is far narrower than the components, and a broken producer's garbage is far
+        wider: they stay on the slow rule
         (``regime_share`` over ``patience``), as does an attack on part of the traffic,
         which leaves the brief share far below ``LOCKED_OUT``."""
         if self.brief < self.LOCKED_OUT or len(self) < 2:
@@ -238,8 +242,9 @@ class Quarantine:
         latest = self.rows[-2 * self.BRIEF :]
         if len(np.unique(latest, axis=0)) < self.DISTINCT * len(latest):
             return False  # a replay of a few events
-        spread = np.log(np.maximum(latest.var(axis=0), np.finfo(float).tiny))
-        return spread.mean() >= log_variance.mean() + 2.0 * math.log(self.SPREAD)
+        spread = np.log(np.maximum(latest.var(axis=0), np.finfo(float).tiny)).mean()
+        low, high = (log_variance.mean() + 2.0 * math.log(ratio) for ratio in self.SPREAD)
+        return bool(low <= spread <= high)
 
     def release(self) -> np.ndarray:
         rows, self.rows, self.share, self.brief = self.rows, None, 0.0, 0.0
@@ -955,9 +960,8 @@ class Detector:
         weight = min(max(quarantine.recent, quarantine.brief, self.regime_share), 0.95)
         rows = quarantine.release()
         model = self.model
-        size = model.max_components if model.n_components == "auto" else model.n_components
         old_s0 = model._s0.copy()
-        added = model.add_components(rows, weight, max_components=2 * int(size))
+        added = model.add_components(rows, weight, max_components=2 * model.size)
         # the entities follow: the components the mixture kept (as it chose them), new ones
         n_kept = int(added[0]) if len(added) else len(model._s0)
         self.entities.grow_components(np.sort(np.argsort(old_s0)[::-1][:n_kept]), len(added))

@@ -958,6 +958,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         return hasattr(self, "weights_")
 
     @property
+    def size(self) -> int:
+        """Components of one fit: ``n_components``, or ``max_components`` when ``"auto"``."""
+        return self.max_components if self.n_components == "auto" else int(self.n_components)
+
+    @property
     def n_components_(self) -> int:
         return len(self.weights_) if self.is_fitted else 0
 
@@ -1185,11 +1190,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         """Give the rows X components of their own, together weighing ``weight``.
 
         A mixture is fitted to X by batch EM (K by BIC, at most as many as the
-        model has) and its components join the model, whose own weights shrink by
-        ``1 - weight``: a new regime enters the mixture at once (see the detector's
-        quarantine) and takes nothing from the components that explain the rest of
-        the traffic. Beyond ``max_components`` in all, the lightest old components
-        make room.
+        model has and its ``size``) and its components join the model, whose own
+        weights shrink by ``1 - weight``: a new regime enters the mixture at once
+        (see the detector's quarantine) and takes nothing from the components that
+        explain the rest of the traffic. Beyond ``max_components`` in all, the
+        lightest old components make room.
 
         Returns
         -------
@@ -1202,7 +1207,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             n_components="auto",
             covariance_type=self.covariance_type,
             reg_covar=self.reg_covar,
-            max_components=n_old,
+            max_components=min(n_old, self.size),
             n_init=self.n_init,
             random_state=self._rng.integers(2**31),
         ).fit(X)

@@ -22,13 +22,15 @@ def test_a_constant_stream_that_starts_to_vary_is_learnt_not_locked_out():
     assert detector.n_regime_changes <= 1
 
 
-def test_a_field_constant_at_start_up_does_not_get_the_stream_flagged():
-    """A field that holds still for the warm-up's first events (a counter before any
-    traffic, a sensor warming up) has only the floor for a variance: the warm-up must
-    not flag every event after it, nor the mixture fitted on what it kept."""
+@pytest.mark.parametrize("jitter", [0.0, 1e-3])
+def test_a_field_constant_at_start_up_does_not_get_the_stream_flagged(jitter):
+    """A field that holds still, or barely moves, for the warm-up's first events (a
+    counter before any traffic, a sensor warming up) has no scale yet, or a tiny
+    one: the warm-up must not flag every event after it, nor the mixture fitted on
+    what it kept."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(6000, 3)) * [1.0, 2.0, 0.5] + [5.0, 7.0, -3.0]
-    X[:60, 1] = 7.0
+    X[:60, 1] = 7.0 + jitter * rng.normal(size=60)
     detector = Detector(random_state=0)
     flagged = feed(detector, X, cut=64)
     assert flagged[:500].mean() < 0.15  # the warm-up: the first varying values at most
@@ -93,6 +95,29 @@ def test_a_flood_of_a_few_repeated_events_stays_flagged():
     detector = Detector(random_state=0)
     flagged = feed(detector, X)
     assert flagged[-1000:].all() and detector.n_regime_changes == 0
+
+
+def test_a_broken_producers_garbage_stays_flagged():
+    """Every event garbage for 1,000 events (values a million times too wide): it is
+    all the traffic and all distinct, but it does not spread like traffic."""
+    rng = np.random.default_rng(8)
+    garbage = rng.uniform(-1e6, 1e6, (1000, 3))
+    X = np.concatenate([host_kinds(rng, 5000), garbage, host_kinds(rng, 3000)])
+    detector = Detector(random_state=0)
+    flagged = feed(detector, X)
+    assert flagged[5000:6000].all() and detector.n_regime_changes == 0
+    assert flagged[6000:].mean() <= 0.005
+
+
+def test_a_storm_learnt_as_a_regime_leaves_normal_traffic_normal():
+    """Other hosts take the whole traffic for 300 events (an outage, a failover), long
+    enough to be learnt as a regime; the usual traffic comes back and is not flagged."""
+    rng = np.random.default_rng(7)
+    X = np.concatenate([host_kinds(rng, 5000), new_fleet(rng, 300), host_kinds(rng, 20000)])
+    detector = Detector(random_state=0)
+    flagged = feed(detector, X)
+    assert detector.n_regime_changes == 1
+    assert flagged[5300:6300].mean() <= 0.005 and flagged[5300:].mean() <= 0.005
 
 
 def test_a_burst_of_one_pattern_stays_flagged():
