@@ -453,6 +453,8 @@ class RunningGaussian:
     Batches are merged with Chan's parallel variance formula (exact, stable).
     :meth:`score_then_update` scores each event under the Gaussian of the events
     before it, so its answers do not depend on how the stream is cut into batches.
+    A field that has not varied yet is measured in its own units (variance 1), as
+    the standardiser measures a constant feature.
 
     >>> g = RunningGaussian()
     >>> g.update(np.array([[0.0], [2.0]])); g.update(np.array([[4.0]]))
@@ -486,8 +488,12 @@ class RunningGaussian:
         self.count = total
 
     def _floored(self, mean: np.ndarray, variance: np.ndarray, count) -> np.ndarray:
-        var = variance + self.reg_covar + 1e-10 * mean**2
-        return np.where(np.asarray(count)[..., None] < 2, np.maximum(var, 1.0), var)
+        """The variance scored against: a field that has not varied yet (under two
+        events, or no more than the floor) has no scale, and is measured in its own
+        units, as the standardiser measures a constant field, not against the floor."""
+        floor = self.reg_covar + 1e-10 * mean**2
+        unvaried = (np.asarray(count)[..., None] < 2) | (variance <= floor)
+        return np.where(unvaried, np.maximum(variance + floor, 1.0), variance + floor)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """Log-density of each row under the current Gaussian (a unit one before two events)."""
@@ -679,7 +685,7 @@ def prefix_kde_log_likelihood(
             rows = slice(start, min(start + block, n))
             # about the mean of the kernels before the block: every distance a row sees is
             # then within the spread its own bandwidth measures (no cancellation, even on
-            # a field constant so far, whose variance is only the floor)
+            # a field that barely varied so far, whose variance is tiny)
             n_own = int(np.searchsorted(own_rows, start))
             centre = (earlier_sum + (own_sum[n_own - 1] if n_own else 0.0)) / max(count[start], 1)
             if count[start] == 0:

@@ -232,9 +232,11 @@ def direct_warmup_log_likelihood(X, kept):
         if m == 0:
             out[i] = -0.5 * d * np.log(2 * np.pi)  # the running Gaussian's, a unit one
             continue
-        var = kernels.var(axis=0) + 1e-12 + 1e-10 * kernels.mean(axis=0) ** 2
-        if m < 2:
-            var = np.maximum(var, 1.0)
+        floor = 1e-12 + 1e-10 * kernels.mean(axis=0) ** 2
+        raw = kernels.var(axis=0)
+        var = raw + floor
+        unvaried = (raw <= floor) | (m < 2)  # no scale yet: the standardiser's 1
+        var = np.where(unvaried, np.maximum(var, 1.0), var)
         h_sq = silverman_share(np.array([m]), d)[0] ** 2 * var
         log_kernels = -0.5 * (((X[i] - kernels) ** 2 / h_sq).sum(axis=1))
         log_kernels -= 0.5 * np.log(2 * np.pi * h_sq).sum()
@@ -335,14 +337,35 @@ def test_data_far_from_zero_keeps_its_variances(covariance_type):
     assert fitted.score(data) == pytest.approx(-2.84, abs=0.02)
 
 
+def test_a_field_constant_so_far_is_measured_in_its_own_units():
+    """A field that has not varied yet has no scale: the running Gaussian (and the KDE
+    that takes its variance) measures it in its own units, as the standardiser does a
+    constant field, not against a variance of 1e-12 that makes any change of it
+    astronomically unlikely. A change far in those units is still flagged."""
+    rng = np.random.default_rng(5)
+    X = np.zeros((300, 3))
+    X[:, 0] = rng.normal(size=300)
+    X[100, 1] = 1.0  # a sparse binary field, its first 1
+    X[200, 2] = 500.0  # a counter before any traffic, far from its zeros
+    for cuts in ([300], [1] * 300, [99, 2, 150, 49]):
+        model = OnlineGaussianMixture(warmup=400)
+        parts = [model.warmup_step(part, 50, 1e-6) for part in np.split(X, np.cumsum(cuts)[:-1])]
+        flagged = np.concatenate([p.flagged for p in parts])
+        score = -np.concatenate([p.log_likelihood for p in parts])
+        assert np.flatnonzero(flagged).tolist() == [200]
+        assert score[100] < score[:100].max() + 5.0  # under 1e-12, about 5e11 nats
+        assert 1e4 < score[200] < 1e6
+
+
 def test_the_warmup_gaussian_flags_a_minority_whatever_the_cut():
-    """A field constant for the first 60 rows: past it every row is far out for a
-    variance at the floor; the Gaussian flags them only while they stay fewer than the
-    rows kept, then keeps them and learns the field varies. Same flags whatever the cut,
-    and across a checkpoint (the count of flagged rows is saved)."""
+    """A field that barely varied for the first 60 rows (a sensor's jitter while it
+    warms up): past it every row is far out for so small a variance; the Gaussian flags
+    them only while they stay fewer than the rows kept, then keeps them and learns the
+    field varies. Same flags whatever the cut, and across a checkpoint (the count of
+    flagged rows is saved)."""
     rng = np.random.default_rng(4)
     X = rng.normal(size=(400, 2))
-    X[:60, 1] = 3.0
+    X[:60, 1] = 3.0 + 1e-3 * rng.normal(size=60)
 
     def flags(cut):
         gaussian, out = RunningGaussian(), []
