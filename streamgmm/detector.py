@@ -31,11 +31,12 @@ Life of a detector:
    then on the new regime is scored and learnt as normal. A burst of one
    pattern shorter than about ``patience * regime_share`` events, or an attack
    on half the traffic for fewer than about ``patience`` events, stays flagged.
-   One case does not wait: when almost all the traffic has been flagged for a
-   few hundred events and the flagged events are many and spread like traffic
-   (not a flood that repeats a few events or sits far narrower than any
-   component), the traffic moved as a whole and the model describes none of
-   it; it becomes a new regime at once (:meth:`Quarantine.is_lockout`).
+   One case does not wait: when most of the traffic (over 70%) has been
+   flagged for a few hundred events and the flagged events are many and spread
+   like traffic (not a flood that repeats a few events or sits far narrower
+   than any component, nor garbage far wider), the traffic moved as a whole and
+   the model describes little of it; it becomes a new regime at once
+   (:meth:`Quarantine.is_lockout`).
 
 Examples
 --------
@@ -202,7 +203,7 @@ class Quarantine:
 
     RECENT = 1000  # horizon, in events, of the share that sizes a new regime
     BRIEF = 100  # horizon, in events, of the share that tells a lock-out
-    LOCKED_OUT = 0.7  # brief share past which the model explains almost none of the traffic
+    LOCKED_OUT = 0.7  # brief share past which the model explains too little of the traffic
     DISTINCT = 0.5  # least share of distinct events among the latest flagged: not a replay
     # the latest flagged events spread like traffic: between half and a hundred times the
     # components' standard deviations (geometric means over the fields), not a flood, nor
@@ -227,16 +228,16 @@ class Quarantine:
             self.rows = kept[-self.capacity :]
 
     def is_lockout(self, log_variance: np.ndarray) -> bool:
-        """Almost all the latest traffic is flagged, and it spreads like traffic: the
+        """Most of the latest traffic is flagged, and it spreads like traffic: the
         traffic moved as a whole (a deployment, a new kind of host, a constant stream
-        that starts to vary) and the model describes none of it.
+        that starts to vary) and the model describes little of it.
 
         ``log_variance`` (d,): the model's components' log-variance of each field, by
         weight. A flood (a replayed request, a retry storm) repeats a few events, or
         is far narrower than the components, and a broken producer's garbage is far
-        wider: they stay on the slow rule
-        (``regime_share`` over ``patience``), as does an attack on part of the traffic,
-        which leaves the brief share far below ``LOCKED_OUT``."""
+        wider: they stay on the slow rule (``regime_share`` over ``patience``), as
+        does an attack on half the traffic, whose brief share stays far below
+        ``LOCKED_OUT``."""
         if self.brief < self.LOCKED_OUT or len(self) < 2:
             return False
         latest = self.rows[-2 * self.BRIEF :]
