@@ -47,6 +47,7 @@ COVARIANCE_TYPES = ("full", "diag", "spherical")
 MAX_ABS_INPUT = 1e100
 _LOG_2PI = math.log(2.0 * math.pi)
 _TINY = np.finfo(np.float64).tiny
+_SCAN_WINDOW = 64  # rows of the warm-up's first scan window after a flag (it doubles after)
 _MAX_BUFFER_PIECES = 16  # warm-up buffer pieces before they are joined into one
 
 
@@ -514,8 +515,8 @@ class RunningGaussian:
         far out, the Gaussian is wrong (a field constant so far, whose variance is only
         the floor, would otherwise get every later row flagged and never learn that it
         varies). Rows with a value beyond ``MAX_ABS_INPUT`` (they cannot be squared)
-        are flagged whatever the counts. Exact per row, vectorised with prefix sums: one
-        pass, plus one per flagged row.
+        are flagged whatever the counts. Exact per row, vectorised with prefix sums over
+        windows of rows: one pass, plus one window per flagged row.
 
         Parameters
         ----------
@@ -531,16 +532,20 @@ class RunningGaussian:
         flaggable = np.zeros(n, dtype=bool)
         flagged = np.zeros(n, dtype=bool)
         huge = np.abs(X).max(axis=1, initial=0.0) > MAX_ABS_INPUT
-        start = 0
+        start, window = 0, _SCAN_WINDOW
         while start < n:
-            rows = slice(start, n)
+            # each flag changes the prefix of every row after it, so the rows are scanned
+            # in windows that grow while nothing is flagged: a flag re-scans one window,
+            # not the rest of the batch
+            rows = slice(start, min(start + window, n))
             scores = self._prefix_scores(X[rows], huge[rows])
             kept_before = scores[4]
             can_flag = kept_before >= (math.inf if flag_after is None else flag_after)
             can_flag &= self.n_flagged < kept_before  # the flagged stay a minority
             far = can_flag & (scores[1] > flag_distance_sq)
             bad = huge[rows] | far
-            stop = n if not bad.any() else start + int(np.argmax(bad)) + 1
+            stop = rows.stop if not bad.any() else start + int(np.argmax(bad)) + 1
+            window = _SCAN_WINDOW if bad.any() else 2 * window
             done = slice(start, stop)
             log_likelihood[done], distance_sq[done], centred[done], mean[done] = (
                 s[: stop - start] for s in scores[:4]
