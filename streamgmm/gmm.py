@@ -391,11 +391,11 @@ def _kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -
             centers[c] = X[rng.integers(n)]
             continue
         candidates = rng.choice(n, size=min(n, 10 + int(np.log(n_clusters))), p=closest / total)
-        dists = ((X[candidates, None, :] - X[None, :, :]) ** 2).sum(axis=2)
-        potentials = np.minimum(closest, dists).sum(axis=1)
-        best = candidates[np.argmin(potentials)]
-        centers[c] = X[best]
-        closest = np.minimum(closest, ((X - X[best]) ** 2).sum(axis=1))
+        # one candidate at a time: an (n_candidates, n, d) block is 62 MB at d = 1,555
+        dists = np.stack([((X - X[i]) ** 2).sum(axis=1) for i in candidates])
+        best = int(np.argmin(np.minimum(closest, dists).sum(axis=1)))
+        centers[c] = X[candidates[best]]
+        closest = np.minimum(closest, dists[best])
     return centers
 
 
