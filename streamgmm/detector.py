@@ -57,7 +57,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,24 +227,25 @@ class Quarantine:
             kept = flagged_rows if self.rows is None else np.concatenate([self.rows, flagged_rows])
             self.rows = kept[-self.capacity :]
 
-    def is_lockout(self, log_variance: np.ndarray) -> bool:
+    def is_lockout(self, log_variance: Callable[[], np.ndarray]) -> bool:
         """Most of the latest traffic is flagged, and it spreads like traffic: the
         traffic moved as a whole (a deployment, a new kind of host, a constant stream
         that starts to vary) and the model describes little of it.
 
-        ``log_variance`` (d,): the model's components' log-variance of each field, by
-        weight. A flood (a replayed request, a retry storm) repeats a few events, or
-        is far narrower than the components, and a broken producer's garbage is far
-        wider: they stay on the slow rule (``regime_share`` over ``patience``), as
-        does an attack on half the traffic, whose brief share stays far below
-        ``LOCKED_OUT``."""
+        ``log_variance()`` (d,): the model's components' log-variance of each field,
+        by weight, asked for only when the brief share is high. A flood (a replayed
+        request, a retry storm) repeats a few events, or is far narrower than the
+        components, and a broken producer's garbage is far wider: they stay on the slow
+        rule (``regime_share`` over ``patience``), as does an attack on half the
+        traffic, whose brief share stays far below ``LOCKED_OUT``."""
         if self.brief < self.LOCKED_OUT or len(self) < 2:
             return False
         latest = self.rows[-2 * self.BRIEF :]
         if len(np.unique(latest, axis=0)) < self.DISTINCT * len(latest):
             return False  # a replay of a few events
         spread = np.log(np.maximum(latest.var(axis=0), np.finfo(float).tiny)).mean()
-        low, high = (log_variance.mean() + 2.0 * math.log(ratio) for ratio in self.SPREAD)
+        components = log_variance().mean()
+        low, high = (components + 2.0 * math.log(ratio) for ratio in self.SPREAD)
         return bool(low <= spread <= high)
 
     def release(self) -> np.ndarray:
@@ -956,7 +957,9 @@ class Detector:
         quarantine.observe(Z[outlier], len(Z))
         if len(quarantine) < 2:
             return
-        if quarantine.share < self.regime_share and not self._is_lockout():
+        if quarantine.share < self.regime_share and not quarantine.is_lockout(
+            self._component_log_variance
+        ):
             return
         weight = min(max(quarantine.recent, quarantine.brief, self.regime_share), 0.95)
         rows = quarantine.release()
@@ -969,12 +972,11 @@ class Detector:
         self._anchor_threshold(rows)
         self.n_regime_changes += 1
 
-    def _is_lockout(self) -> bool:
-        quarantine, model = self.quarantine, self.model
-        if quarantine.brief < quarantine.LOCKED_OUT:
-            return False  # the usual case: spare the variances
+    def _component_log_variance(self) -> np.ndarray:
+        """Each field's log-variance in the components, by weight: shape (d,)."""
+        model = self.model
         variances = model._ops.variances(model.covariances_, self.n_features)
-        return quarantine.is_lockout(model.weights_ @ np.log(variances))
+        return model.weights_ @ np.log(variances)
 
     # -- persistence ----------------------------------------------------------
 
