@@ -437,8 +437,6 @@ class WarmupScores:
         (NaN where it could not be: too early in the warm-up).
     variance : array of shape (n_samples, n_features)
         The running Gaussian's variance each row was scored against (floored).
-    count : array of shape (n_samples,), int
-        Events kept before each row (the running Gaussian's count).
     """
 
     log_likelihood: np.ndarray
@@ -448,7 +446,6 @@ class WarmupScores:
     flagged: np.ndarray
     threshold: np.ndarray
     variance: np.ndarray
-    count: np.ndarray
 
 
 class RunningGaussian:
@@ -515,9 +512,9 @@ class RunningGaussian:
         Rows whose squared standardised distance exceeds ``flag_distance_sq``, once
         ``flag_after`` rows are kept, are flagged and not kept, as long as the rows so
         flagged stay fewer than the rows kept: when the Gaussian would call the majority
-        far out, the Gaussian is wrong (a field constant so far, whose variance is only
-        the floor, would otherwise get every later row flagged and never learn that it
-        varies). Rows with a value beyond ``MAX_ABS_INPUT`` (they cannot be squared)
+        far out, the Gaussian is wrong (a field that barely varied so far, whose
+        variance is tiny, would otherwise get every later row flagged and never learn
+        that it varies). Rows with a value beyond ``MAX_ABS_INPUT`` (they cannot be squared)
         are flagged whatever the counts. Exact per row, vectorised with prefix sums over
         windows of rows: one pass, plus one window per flagged row.
 
@@ -531,7 +528,6 @@ class RunningGaussian:
         centred = np.empty((n, d))
         mean = np.empty((n, d))
         variance = np.empty((n, d))
-        count = np.empty(n, dtype=np.int64)
         flaggable = np.zeros(n, dtype=bool)
         flagged = np.zeros(n, dtype=bool)
         huge = np.abs(X).max(axis=1, initial=0.0) > MAX_ABS_INPUT
@@ -553,7 +549,7 @@ class RunningGaussian:
             log_likelihood[done], distance_sq[done], centred[done], mean[done] = (
                 s[: stop - start] for s in scores[:4]
             )
-            count[done], variance[done] = (s[: stop - start] for s in scores[4:])
+            variance[done] = scores[5][: stop - start]
             flaggable[done] = can_flag[: stop - start]
             if bad.any():
                 flagged[stop - 1] = True
@@ -569,7 +565,7 @@ class RunningGaussian:
                 flaggable, -log_likelihood + 0.5 * (flag_distance_sq - distance_sq), np.nan
             )
         return WarmupScores(
-            log_likelihood, distance_sq, centred, mean, flagged, threshold, variance, count
+            log_likelihood, distance_sq, centred, mean, flagged, threshold, variance
         )
 
     def _prefix_scores(self, X: np.ndarray, huge: np.ndarray):
