@@ -49,6 +49,8 @@ from bench_common import REPO_ROOT, data_dir
 from detection import auc
 from trust import RARE_SHARE, list_sets, load_set
 
+from streamgmm.gmm import RunningGaussian, silverman_share
+
 WARMUP = 500
 LIBRARY = "kde-silverman"  # what streamgmm's warm-up scores by (before 2026-11-29: "gauss")
 LOG_2PI = math.log(2 * math.pi)
@@ -75,7 +77,7 @@ def detector_run(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prefix_moments(X: np.ndarray, kept: np.ndarray):
-    """Count, mean and variance (floored as RunningGaussian floors it) of the kept rows
+    """Count, mean and variance (floored by RunningGaussian's rule) of the kept rows
     before each row: shapes (n,), (n, d), (n, d)."""
     n, d = X.shape
     ref = X[0]
@@ -87,9 +89,7 @@ def prefix_moments(X: np.ndarray, kept: np.ndarray):
     count = np.concatenate([[0], np.cumsum(kept[:-1])])
     safe = np.maximum(count, 1)[:, None]
     mean = ref + s1 / safe
-    var = np.maximum(s2 - s1**2 / safe, 0.0) / safe
-    var = var + 1e-12 + 1e-10 * mean**2
-    var = np.where(count[:, None] < 2, np.maximum(var, 1.0), var)
+    var = RunningGaussian().floored(mean, np.maximum(s2 - s1**2 / safe, 0.0) / safe, count)
     mean = np.where(count[:, None] == 0, X, mean)
     return count, mean, var
 
@@ -162,10 +162,6 @@ def scott(m, d):
     return m ** (-1.0 / (d + 4))
 
 
-def silverman(m, d):
-    return (4.0 / (d + 2)) ** (1.0 / (d + 4)) * m ** (-1.0 / (d + 4))
-
-
 SHARES = (0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 LAMBDAS = (0.1, 0.3, 0.5)
 SILVERMAN_FACTORS = (0.5, 0.75, 1.25, 1.5)
@@ -176,10 +172,10 @@ def candidates():
     for c in SHARES:
         cands[f"kde-{c}"] = lambda X, k, c=c: kde_scores(X, k, fixed(c))
     cands["kde-scott"] = lambda X, k: kde_scores(X, k, scott)
-    cands["kde-silverman"] = lambda X, k: kde_scores(X, k, silverman)
+    cands["kde-silverman"] = lambda X, k: kde_scores(X, k, silverman_share)
     for f in SILVERMAN_FACTORS:
         cands[f"kde-silverman*{f}"] = lambda X, k, f=f: kde_scores(
-            X, k, lambda m, d: f * silverman(m, d)
+            X, k, lambda m, d: f * silverman_share(m, d)
         )
     for lam in LAMBDAS:
         for c in (0.3, 0.5):

@@ -488,7 +488,7 @@ class RunningGaussian:
         self._m2 = self._m2 + batch_m2 + delta**2 * self.count * X.shape[0] / total
         self.count = total
 
-    def _floored(self, mean: np.ndarray, variance: np.ndarray, count) -> np.ndarray:
+    def floored(self, mean: np.ndarray, variance: np.ndarray, count) -> np.ndarray:
         """The variance scored against: a field that has not varied yet (under two
         events, or no more than the floor) has no scale, and is measured in its own
         units, as the standardiser measures a constant field, not against the floor."""
@@ -585,7 +585,7 @@ class RunningGaussian:
             variance = np.maximum(m2, 0.0) / safe
             first = count[:, None] == 0  # the first event of all: a unit Gaussian on itself
             mean = np.where(first, X, mean)
-            var = np.where(first, 1.0, self._floored(mean, variance, count))
+            var = np.where(first, 1.0, self.floored(mean, variance, count))
             diff = np.clip(X - mean, -MAX_ABS_INPUT, MAX_ABS_INPUT)
             z_sq = diff**2 / var
             centred = diff / np.sqrt(var)
@@ -595,7 +595,7 @@ class RunningGaussian:
 
     def floored_variance(self) -> np.ndarray:
         """The variance the next event is scored against: array of shape (n_features,)."""
-        return self._floored(self.mean, self.variance, self.count)
+        return self.floored(self.mean, self.variance, self.count)
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {
