@@ -8,7 +8,7 @@ Life of a detector:
 
 1. Warm-up. The first ``warmup`` events are scored one by one, each by a
    Gaussian KDE of the kept events before it (an honest score, not none;
-   Silverman's bandwidth in the running standard deviations); after 50
+   kernels 0.7 running standard deviations wide); after 50
    events, one far out even for the running diagonal Gaussian of those events
    is flagged and left out. Then the standardiser is fixed from the kept events (mean and
    standard deviation of each feature), the mixture is fitted on them by batch

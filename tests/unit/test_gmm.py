@@ -10,10 +10,10 @@ from sklearn.mixture import GaussianMixture
 from streamgmm.checkpoint import CheckpointCorruptError
 from streamgmm.gmm import (
     COVARIANCE_TYPES,
+    KDE_BANDWIDTH,
     OnlineGaussianMixture,
     RunningGaussian,
     batch_step,
-    silverman_share,
 )
 
 # scikit-learn's default: where a test compares with its batch EM or with exact
@@ -222,8 +222,8 @@ def test_warm_up_scores_with_the_warmup_density_before_the_mixture_exists():
 
 
 def direct_warmup_log_likelihood(X, kept):
-    """Row by row: the Gaussian KDE of the kept rows before it, Silverman's share of
-    their running sd (floored as the running Gaussian floors it) as the bandwidth."""
+    """Row by row: the Gaussian KDE of the kept rows before it, kernels KDE_BANDWIDTH
+    running sds wide (the sd floored as the running Gaussian floors it)."""
     n, d = X.shape
     out = np.empty(n)
     for i in range(n):
@@ -237,7 +237,7 @@ def direct_warmup_log_likelihood(X, kept):
         var = raw + floor
         unvaried = (raw <= floor) | (m < 2)  # no scale yet: the standardiser's 1
         var = np.where(unvaried, np.maximum(var, 1.0), var)
-        h_sq = silverman_share(np.array([m]), d)[0] ** 2 * var
+        h_sq = KDE_BANDWIDTH**2 * var
         log_kernels = -0.5 * (((X[i] - kernels) ** 2 / h_sq).sum(axis=1))
         log_kernels -= 0.5 * np.log(2 * np.pi * h_sq).sum()
         out[i] = np.logaddexp.reduce(log_kernels) - np.log(m)
