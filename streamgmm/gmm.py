@@ -462,7 +462,10 @@ class RunningGaussian:
     :meth:`score_then_update` scores each event under the Gaussian of the events
     before it, so its answers do not depend on how the stream is cut into batches.
     A field that has not varied yet is measured in its own units (variance 1), as
-    the standardiser measures a constant feature.
+    the standardiser measures a constant feature. Whether a field has varied is
+    judged on the range of its values (exact whatever the cut), not on its
+    variance, whose rounding depends on the cut: a field whose variance sat at the
+    floor was measured one way in one cut and the other way in another.
 
     >>> g = RunningGaussian()
     >>> g.update(np.array([[0.0], [2.0]])); g.update(np.array([[4.0]]))
@@ -476,6 +479,8 @@ class RunningGaussian:
         self.n_flagged = 0  # rows flagged by their distance (not kept)
         self.mean: np.ndarray | None = None
         self._m2: np.ndarray | None = None
+        self.low: np.ndarray | None = None  # the smallest and largest value of each field
+        self.high: np.ndarray | None = None
 
     @property
     def variance(self) -> np.ndarray:
@@ -488,20 +493,31 @@ class RunningGaussian:
         batch_m2 = ((X - batch_mean) ** 2).sum(axis=0)
         if self.count == 0:
             self.count, self.mean, self._m2 = X.shape[0], batch_mean, batch_m2
+            self.low, self.high = X.min(axis=0), X.max(axis=0)
             return
+        self.low, self.high = (
+            np.minimum(self.low, X.min(axis=0)),
+            np.maximum(self.high, X.max(axis=0)),
+        )
         total = self.count + X.shape[0]
         delta = batch_mean - self.mean
         self.mean = self.mean + delta * X.shape[0] / total
         self._m2 = self._m2 + batch_m2 + delta**2 * self.count * X.shape[0] / total
         self.count = total
 
-    def floored(self, mean: np.ndarray, variance: np.ndarray, count) -> np.ndarray:
-        """The variance scored against: a field that has not varied yet (under two
-        events, or no more than the floor) has no scale, and is measured in its own
-        units, as the standardiser measures a constant field, not against the floor."""
+    def floored(
+        self, mean: np.ndarray, variance: np.ndarray, low: np.ndarray, high: np.ndarray
+    ) -> np.ndarray:
+        """The variance scored against, given the running ``mean`` and ``variance`` and
+        the smallest and largest values so far (arrays of one shape): the variance plus a
+        floor. A field that has not varied yet (its values spread over no more than
+        twice the floor's sd, or none seen) has no scale, and is measured in its own units,
+        as the standardiser measures a constant field, not against the floor."""
         floor = self.reg_covar + 1e-10 * mean**2
-        unvaried = (np.asarray(count)[..., None] < 2) | (variance <= floor)
-        return np.where(unvaried, np.maximum(variance + floor, 1.0), variance + floor)
+        with np.errstate(invalid="ignore"):
+            extent = np.maximum(np.abs(low), np.abs(high))
+            varied = (high - low) > 2.0 * np.sqrt(self.reg_covar + 1e-10 * extent**2)
+        return np.where(varied, variance + floor, np.maximum(variance + floor, 1.0))
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """Log-density of each row under the current Gaussian (a unit one before two events)."""
@@ -592,7 +608,8 @@ class RunningGaussian:
             variance = np.maximum(m2, 0.0) / safe
             first = count[:, None] == 0  # the first event of all: a unit Gaussian on itself
             mean = np.where(first, X, mean)
-            var = np.where(first, 1.0, self.floored(mean, variance, count))
+            low, high = self._prefix_extremes(X, huge)
+            var = np.where(first, 1.0, self.floored(mean, variance, low, high))
             diff = np.clip(X - mean, -MAX_ABS_INPUT, MAX_ABS_INPUT)
             z_sq = diff**2 / var
             centred = diff / np.sqrt(var)
@@ -600,9 +617,24 @@ class RunningGaussian:
             log_likelihood = -0.5 * (d * _LOG_2PI + np.log(var).sum(axis=1) + distance_sq)
         return log_likelihood, distance_sq, centred, mean, count, var
 
+    def _prefix_extremes(self, X: np.ndarray, huge: np.ndarray):
+        """The smallest and largest value of each field among the rows kept before each
+        row (the rows of X before it and the events before X; NaN before any): (n, d) each."""
+        n, d = X.shape
+        values = np.where(huge[:, None], np.nan, X)  # never a row's prefix: the scan stops
+        low, high = np.full((n, d), np.nan), np.full((n, d), np.nan)
+        if n > 1:
+            np.fmin.accumulate(values[:-1], axis=0, out=low[1:])
+            np.fmax.accumulate(values[:-1], axis=0, out=high[1:])
+        if self.count:
+            low, high = np.fmin(low, self.low), np.fmax(high, self.high)
+        return low, high
+
     def floored_variance(self) -> np.ndarray:
         """The variance the next event is scored against: array of shape (n_features,)."""
-        return self.floored(self.mean, self.variance, self.count)
+        if self.count == 0:
+            return np.ones_like(self.mean) if self.mean is not None else np.ones(0)
+        return self.floored(self.mean, self.variance, self.low, self.high)
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -612,6 +644,7 @@ class RunningGaussian:
         }
         if self.count:
             state["mean"], state["m2"] = self.mean, self._m2
+            state["low"], state["high"] = self.low, self.high
         return state
 
     @classmethod
@@ -622,6 +655,12 @@ class RunningGaussian:
         if gaussian.count:
             gaussian.mean = np.array(state["mean"], dtype=np.float64)
             gaussian._m2 = np.array(state["m2"], dtype=np.float64)
+            if "low" in state:
+                gaussian.low = np.array(state["low"], dtype=np.float64)
+                gaussian.high = np.array(state["high"], dtype=np.float64)
+            else:  # older checkpoints: a field varied when its variance passed the floor
+                sd = np.sqrt(gaussian.variance)
+                gaussian.low, gaussian.high = gaussian.mean - sd, gaussian.mean + sd
         return gaussian
 
 

@@ -91,3 +91,17 @@ def test_a_checkpoint_inside_a_micro_batch_resumes_it(tmp_path):
     rest = resumed.process(X[1000:])
     scores = np.concatenate([first.score, rest.score])
     np.testing.assert_allclose(scores, whole[0].score, rtol=1e-9, atol=1e-9)
+
+
+def test_a_field_whose_variance_sits_at_the_floor_is_judged_alike_in_every_cut():
+    # the field's variance is exactly the running Gaussian's floor (1e-12): whether it
+    # has varied must not depend on the rounding of each cut's sums
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(700, 2))
+    X[:, 1] = np.where(np.arange(700) % 2 == 0, 1e-6, -1e-6)
+    X[64, 1] = 1e-4
+    _, whole = run(X, [len(X)])
+    for cuts in ([1] * len(X), [3] * 300, [7] * 100):
+        _, parts = run(X, cuts)
+        np.testing.assert_array_equal(joined(parts, "is_outlier"), whole[0].is_outlier)
+        np.testing.assert_allclose(joined(parts, "score"), whole[0].score, rtol=1e-9, atol=1e-9)

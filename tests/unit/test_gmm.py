@@ -233,9 +233,10 @@ def direct_warmup_log_likelihood(X, kept):
             out[i] = -0.5 * d * np.log(2 * np.pi)  # the running Gaussian's, a unit one
             continue
         floor = 1e-12 + 1e-10 * kernels.mean(axis=0) ** 2
-        raw = kernels.var(axis=0)
-        var = raw + floor
-        unvaried = (raw <= floor) | (m < 2)  # no scale yet: the standardiser's 1
+        var = kernels.var(axis=0) + floor
+        low, high = kernels.min(axis=0), kernels.max(axis=0)
+        extent = np.maximum(np.abs(low), np.abs(high))
+        unvaried = high - low <= 2 * np.sqrt(1e-12 + 1e-10 * extent**2)  # the standardiser's 1
         var = np.where(unvaried, np.maximum(var, 1.0), var)
         h_sq = KDE_BANDWIDTH**2 * var
         log_kernels = -0.5 * (((X[i] - kernels) ** 2 / h_sq).sum(axis=1))
