@@ -1604,6 +1604,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             "n_features": getattr(self, "n_features_in_", None),
             "rng": self._rng.bit_generator.state,
             "warm": self._warm.get_state(),
+            "buffered": int(self._buffered),  # warm-up events seen, the flagged included
         }
         if self._buffer:
             state["buffer"] = np.concatenate(self._buffer)
@@ -1630,7 +1631,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         model._warm = RunningGaussian.from_state(state["warm"])
         if "buffer" in state:
             model._buffer = [np.array(state["buffer"], dtype=np.float64)]
-            model._buffered = len(model._buffer[0])
+        # older checkpoints did not count the flagged warm-up events: the kept ones only
+        model._buffered = int(state.get("buffered", len(state.get("buffer", ()))))
         if "s0" in state:
             model._set_statistics(state["s0"], state["means"], state["scatter"])
         return model

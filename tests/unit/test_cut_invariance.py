@@ -105,3 +105,20 @@ def test_a_field_whose_variance_sits_at_the_floor_is_judged_alike_in_every_cut()
         _, parts = run(X, cuts)
         np.testing.assert_array_equal(joined(parts, "is_outlier"), whole[0].is_outlier)
         np.testing.assert_allclose(joined(parts, "score"), whole[0].score, rtol=1e-9, atol=1e-9)
+
+
+def test_a_checkpoint_inside_the_warmup_after_flags_resumes_it(tmp_path):
+    X = stream()  # far-out events inside the warm-up: flagged, not kept
+    _, whole = run(X, [len(X)])
+    detector = Detector(warmup=300, random_state=0)
+    first = detector.process(X[:200])
+    assert first.is_outlier.any() and detector.model.warmup_remaining == 100
+    detector.save(tmp_path / "d.npz")
+    resumed = Detector.load(tmp_path / "d.npz")
+    assert resumed.model.warmup_remaining == 100
+    rest = resumed.process(X[200:])
+    np.testing.assert_array_equal(
+        np.concatenate([first.is_warmup, rest.is_warmup]), whole[0].is_warmup
+    )
+    scores = np.concatenate([first.score, rest.score])
+    np.testing.assert_allclose(scores, whole[0].score, rtol=1e-9, atol=1e-9)
