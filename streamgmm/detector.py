@@ -587,6 +587,10 @@ class Detector:
 
     def _finish_warmup(self) -> None:
         buffer = self.model.warmup_buffer()
+        if len(buffer) == 0:  # every warm-up event was flagged: nothing to fit yet
+            self.model.restart_warmup()
+            self._warm_entities = []
+            return
         Z = self._fit_warmup(buffer)
         self.threshold.bind(buffer.shape[1])
         self._anchor_threshold(Z)
@@ -1225,12 +1229,16 @@ def _entity_columns(keys: Any, offsets: Any, n: int) -> tuple[np.ndarray, ...] |
 
 
 def _check_events(X: Any, n_features: int | None) -> np.ndarray:
+    if np.iscomplexobj(X):
+        raise ValueError("X has complex values; send the real features (e.g. np.abs or .real)")
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(
             f"expected a 2-D array of shape (n_events, n_features), got {X.ndim}-D; "
             "reshape a single event with X.reshape(1, -1)"
         )
+    if X.shape[1] == 0:
+        raise ValueError("X has no features (shape (n, 0)); send events with at least one field")
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(
             f"X has {X.shape[1]} features, but the detector was fitted with {n_features}; "

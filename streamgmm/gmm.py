@@ -1342,8 +1342,14 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         buffer = self.warmup_buffer()
         if len(buffer):
             self.fit(buffer)
-        else:  # every warm-up event was flagged: the warm-up starts again
-            self._buffered = 0
+        else:
+            self.restart_warmup()
+
+    def restart_warmup(self) -> None:
+        """Count the warm-up's events from zero again: every one was flagged (values too
+        large to be squared, say), so there is nothing to fit; the next ``warmup`` events
+        are a new warm-up, scored by what the running Gaussian has kept (nothing yet)."""
+        self._buffered = 0
 
     def score_quantile(self, q: float) -> float:
         """The q-quantile of the scores ``-log p(x)`` the model predicts for its own events.

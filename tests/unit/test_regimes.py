@@ -142,3 +142,28 @@ def test_values_too_large_to_square_are_outliers_not_errors():
         assert flagged.mean() < 0.01
         assert np.isfinite(detector.model.means_).all()
         assert np.isfinite(detector.model.covariances_).all()
+
+
+def test_a_warmup_of_values_too_large_to_square_starts_again_not_an_error():
+    X = np.ones((700, 2))
+    X[:, 0] = 1e101  # a broken producer from the first event: nothing can be kept
+    detector = Detector(warmup=300, random_state=0)
+    result = detector.process(X)
+    assert result.is_outlier.all() and result.is_warmup.all() and np.isfinite(result.score).all()
+    assert not detector.is_warmed_up and detector.model.warmup_remaining == 200
+    Detector.from_state(detector.get_state())  # it can be checkpointed meanwhile
+    normal = np.random.default_rng(0).normal(size=(600, 2))
+    after = detector.process(normal)
+    assert after.is_warmup[:200].all() and not after.is_warmup[200:].any()  # 100 were in it
+    assert detector.is_warmed_up and after.is_outlier[200:].mean() < 0.05
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [(np.empty((5, 0)), "no features"), (np.ones((5, 2)) * (1 + 1j), "complex")],
+)
+def test_events_the_detector_cannot_read_are_refused_before_anything_is_learnt(events, message):
+    detector = Detector(warmup=10)
+    with pytest.raises(ValueError, match=message):
+        detector.process(events)
+    assert detector.n_seen == 0 and detector.model.warmup_remaining == 10
