@@ -524,7 +524,9 @@ class RunningGaussian:
         if self.count == 0:
             return np.full(X.shape[0], -0.5 * X.shape[1] * _LOG_2PI)
         var = self.floored_variance()
-        distance_sq = (((X - self.mean) ** 2) / var).sum(axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):  # clipped as the warm-up clips it
+            diff = np.clip(X - self.mean, -MAX_ABS_INPUT, MAX_ABS_INPUT)
+        distance_sq = ((diff**2) / var).sum(axis=1)
         return -0.5 * (X.shape[1] * _LOG_2PI + np.log(var).sum() + distance_sq)
 
     def score_then_update(
@@ -1331,7 +1333,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def warmup_log_likelihood(self, X: np.ndarray) -> np.ndarray:
         """``log p(x)`` of each row (shape (n_samples, n_features)) under the warm-up's
         density now, learning nothing: what the next warm-up event would be scored by."""
-        X = np.clip(np.asarray(X, dtype=np.float64), -MAX_ABS_INPUT, MAX_ABS_INPUT)
+        X = np.asarray(X, dtype=np.float64)
         gaussian = self.warmup_scorer.score_samples(X)
         if not self._started or self._warm.count == 0:
             return gaussian

@@ -8,12 +8,14 @@ more anomalous, river's convention).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from river.base import AnomalyDetector
 
 from .detector import Detector
+from .gmm import MAX_ABS_INPUT
 
 
 class GMMDetector(AnomalyDetector):
@@ -26,7 +28,11 @@ class GMMDetector(AnomalyDetector):
     Learning is batched exactly as :meth:`Detector.process` learns: event by event
     in the warm-up, then in micro-batches of ``micro_batch`` events, each scored
     under the model as it was before it. ``score_one`` therefore gives the score
-    the batch path gives the same event in the same stream, whatever its batches.
+    the batch path gives the same event in the same stream, whatever its batches
+    (a value too large to be squared included), except before the first event
+    is learnt, when it returns 0.0 (nothing is known yet). ``learn_one`` refuses an
+    event with a missing-as-NaN, infinite or non-numeric value (ValueError) and
+    keeps nothing of it, as :meth:`Detector.process` refuses a batch.
 
     Parameters
     ----------
@@ -65,7 +71,18 @@ class GMMDetector(AnomalyDetector):
         return [float(x.get(name, 0.0)) for name in self._features]
 
     def learn_one(self, x: dict) -> None:
-        self._pending.append(self._vector(x))
+        first = self._features is None
+        try:
+            row = self._vector(x)
+            if not all(math.isfinite(v) for v in row):
+                raise ValueError(
+                    f"the event has a NaN or infinite value: {x!r}; drop or repair it first"
+                )
+        except (TypeError, ValueError):
+            if first:
+                self._features = None  # a refused first event does not fix the fields
+            raise
+        self._pending.append(row)
         if len(self._pending) >= self.detector.events_to_update:
             self.detector.process(np.asarray(self._pending, dtype=np.float64))
             self._pending = []
@@ -75,8 +92,10 @@ class GMMDetector(AnomalyDetector):
             return 0.0
         row = np.array(self._vector(x), dtype=np.float64)
         detector = self.detector
-        if not detector.is_warmed_up or not np.isfinite(row).all():
-            return float(detector.outlier_scores(row[None, :])[0])  # the checked path
-        standardizer = detector.standardizer
-        z = (row - standardizer.mean) / standardizer.scale
-        return standardizer.log_scale_sum - detector.model.log_likelihood_one(z)
+        if detector.is_warmed_up and np.isfinite(row).all():
+            standardizer = detector.standardizer
+            z = (row - standardizer.mean) / standardizer.scale
+            if np.abs(z).max(initial=0.0) <= MAX_ABS_INPUT:
+                return standardizer.log_scale_sum - detector.model.log_likelihood_one(z)
+        # the warm-up, values too large to be squared, and errors: the checked path
+        return float(detector.outlier_scores(row[None, :])[0])

@@ -122,3 +122,16 @@ def test_a_checkpoint_inside_the_warmup_after_flags_resumes_it(tmp_path):
     )
     scores = np.concatenate([first.score, rest.score])
     np.testing.assert_allclose(scores, whole[0].score, rtol=1e-9, atol=1e-9)
+
+
+def test_river_path_scores_values_too_large_to_square_as_the_batch_path():
+    X = stream(n=1200)
+    X[[120, 900, 950], 0] = [1e300, -1e308, 1e101]  # in the warm-up and after it
+    _, whole = run(X, [len(X)])
+    model = GMMDetector(warmup=300, random_state=0)
+    scores = []
+    for row in X:
+        x = {f"x{j}": v for j, v in enumerate(row)}
+        scores.append(model.score_one(x))
+        model.learn_one(x)
+    np.testing.assert_allclose(scores[1:], whole[0].score[1:], rtol=1e-9)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from river import anomaly, compose, preprocessing
 
 from streamgmm.river import GMMDetector
@@ -100,3 +101,16 @@ def test_a_learnt_detector_pickles_and_scores_the_same():
         copy.learn_one(x)
         model.learn_one(x)
     assert copy.score_one(probes[-1]) == model.score_one(probes[-1])
+
+
+def test_an_event_with_nan_is_refused_and_learning_goes_on():
+    rng = np.random.default_rng(0)
+    model = GMMDetector(warmup=50, random_state=0)
+    with pytest.raises(ValueError, match="NaN"):
+        model.learn_one({"a": float("nan"), "b": 0.0})  # the first event fixes no fields
+    for i, row in enumerate(rng.normal(size=(400, 2))):
+        model.learn_one({"a": row[0], "b": row[1]})
+        if i in (10, 200):
+            with pytest.raises(ValueError, match="NaN"):
+                model.learn_one({"a": 0.0, "b": float("inf")})
+    assert model.detector.n_seen + len(model._pending) == 400 and model.detector.is_warmed_up
