@@ -1090,6 +1090,10 @@ class Detector:
             if "buffer" in state:
                 detector.model._buffer = [np.array(state["buffer"], dtype=np.float64)]
             detector.model._buffered = int(state["n_seen"])
+        elif "buffered" not in state["model"]:
+            # saved inside the warm-up before the model counted its flagged events: every
+            # event seen was a warm-up event (a warm-up could not start again then)
+            detector.model._buffered = int(state["n_seen"])
         if "warmup_entities" in state:
             warm = state["warmup_entities"]
             columns = (
@@ -1231,7 +1235,12 @@ def _entity_columns(keys: Any, offsets: Any, n: int) -> tuple[np.ndarray, ...] |
 def _check_events(X: Any, n_features: int | None) -> np.ndarray:
     if np.iscomplexobj(X):
         raise ValueError("X has complex values; send the real features (e.g. np.abs or .real)")
-    X = np.asarray(X, dtype=np.float64)
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, OverflowError) as error:
+        raise ValueError(
+            f"X has a value that is not a float64 number ({error}); send numbers only"
+        ) from error
     if X.ndim != 2:
         raise ValueError(
             f"expected a 2-D array of shape (n_events, n_features), got {X.ndim}-D; "
@@ -1245,7 +1254,9 @@ def _check_events(X: Any, n_features: int | None) -> np.ndarray:
             "send events with the same fields as before or start a new detector"
         )
     if X.size and not np.isfinite(X).all():
-        raise ValueError("X contains NaN or infinity; drop or repair those rows first")
+        raise ValueError(
+            "X contains NaN or infinity (or None, read as NaN); drop or repair those rows first"
+        )
     return X
 
 

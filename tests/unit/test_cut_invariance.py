@@ -135,3 +135,19 @@ def test_river_path_scores_values_too_large_to_square_as_the_batch_path():
         scores.append(model.score_one(x))
         model.learn_one(x)
     np.testing.assert_allclose(scores[1:], whole[0].score[1:], rtol=1e-9)
+
+
+def test_a_checkpoint_from_before_the_warmup_count_resumes_its_warmup_alike():
+    X = stream()
+    _, whole = run(X, [len(X)])
+    detector = Detector(warmup=300, random_state=0)
+    first = detector.process(X[:200])
+    state = detector.get_state()
+    del state["model"]["buffered"]  # as written before the model counted flagged events
+    resumed = Detector.from_state(state)
+    assert resumed.model.warmup_remaining == 100
+    rest = resumed.process(X[200:])
+    np.testing.assert_array_equal(
+        np.concatenate([first.is_warmup, rest.is_warmup]), whole[0].is_warmup
+    )
+    np.testing.assert_allclose(np.concatenate([first.score, rest.score]), whole[0].score, rtol=1e-9)

@@ -160,7 +160,12 @@ def test_a_warmup_of_values_too_large_to_square_starts_again_not_an_error():
 
 @pytest.mark.parametrize(
     ("events", "message"),
-    [(np.empty((5, 0)), "no features"), (np.ones((5, 2)) * (1 + 1j), "complex")],
+    [
+        (np.empty((5, 0)), "no features"),
+        (np.ones((5, 2)) * (1 + 1j), "complex"),
+        ([[10**400, 1.0]], "not a float64"),
+        ([[None, 1.0]], "None"),
+    ],
 )
 def test_events_the_detector_cannot_read_are_refused_before_anything_is_learnt(events, message):
     detector = Detector(warmup=10)
