@@ -31,8 +31,8 @@ class GMMDetector(AnomalyDetector):
     the batch path gives the same event in the same stream, whatever its batches
     (a value too large to be squared included), except before the first event
     is learnt, when it returns 0.0 (nothing is known yet). ``learn_one`` refuses an
-    event with a missing-as-NaN, infinite or non-numeric value (ValueError) and
-    keeps nothing of it, as :meth:`Detector.process` refuses a batch.
+    event with no features, or with a NaN, infinite or non-numeric value
+    (ValueError), and keeps nothing of it, as :meth:`Detector.process` refuses a batch.
 
     Parameters
     ----------
@@ -70,15 +70,27 @@ class GMMDetector(AnomalyDetector):
             self._features = list(x)
         return [float(x.get(name, 0.0)) for name in self._features]
 
+    def _checked_row(self, x: dict) -> list[float]:
+        """The event as a row of finite floats, or a ValueError saying why not."""
+        try:
+            row = self._vector(x)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise ValueError(
+                f"the event has a value that is not a number: {x!r} ({error})"
+            ) from error
+        if not row:
+            raise ValueError("the event has no features; send at least one numeric field")
+        if not all(math.isfinite(v) for v in row):
+            raise ValueError(
+                f"the event has a NaN or infinite value: {x!r}; drop or repair it first"
+            )
+        return row
+
     def learn_one(self, x: dict) -> None:
         first = self._features is None
         try:
-            row = self._vector(x)
-            if not all(math.isfinite(v) for v in row):
-                raise ValueError(
-                    f"the event has a NaN or infinite value: {x!r}; drop or repair it first"
-                )
-        except (TypeError, ValueError):
+            row = self._checked_row(x)
+        except ValueError:
             if first:
                 self._features = None  # a refused first event does not fix the fields
             raise

@@ -114,3 +114,16 @@ def test_an_event_with_nan_is_refused_and_learning_goes_on():
             with pytest.raises(ValueError, match="NaN"):
                 model.learn_one({"a": 0.0, "b": float("inf")})
     assert model.detector.n_seen + len(model._pending) == 400 and model.detector.is_warmed_up
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [({}, "no features"), ({"a": 10**400, "b": 0.0}, "not a number"), ({"a": "x"}, "not a number")],
+)
+def test_a_refused_first_event_fixes_nothing(event, message):
+    model = GMMDetector(warmup=20, random_state=0)
+    with pytest.raises(ValueError, match=message):
+        model.learn_one(event)
+    for i in range(40):
+        model.learn_one({"x": float(i % 7), "y": float(i % 5)})
+    assert model._features == ["x", "y"] and model.detector.n_seen + len(model._pending) == 40
