@@ -29,6 +29,17 @@ def joined(results, name):
     return np.concatenate([getattr(r, name) for r in results])
 
 
+def river_scores(X: np.ndarray) -> list[float]:
+    """Each event's score_one, then learn_one, through the river path."""
+    model = GMMDetector(warmup=300, random_state=0)
+    scores = []
+    for row in X:
+        x = {f"x{j}": v for j, v in enumerate(row)}
+        scores.append(model.score_one(x))
+        model.learn_one(x)
+    return scores
+
+
 def random_cuts(seed: int, n: int) -> list[int]:
     rng = np.random.default_rng(seed)
     return list(rng.integers(1, 700, n // 2))
@@ -70,12 +81,7 @@ def test_anomalies_in_a_large_first_batch_are_flagged_as_one_by_one():
 def test_river_path_scores_exactly_as_the_batch_path():
     X = stream(n=1500)
     _, whole = run(X, [len(X)])
-    model = GMMDetector(warmup=300, random_state=0)
-    scores = []
-    for row in X:
-        x = {f"x{j}": v for j, v in enumerate(row)}
-        scores.append(model.score_one(x))
-        model.learn_one(x)
+    scores = river_scores(X)
     np.testing.assert_allclose(scores[1:], whole[0].score[1:], rtol=1e-9, atol=1e-9)
     assert scores[0] == 0.0  # river's convention before any event: nothing known
 
@@ -128,12 +134,7 @@ def test_river_path_scores_values_too_large_to_square_as_the_batch_path():
     X = stream(n=1200)
     X[[120, 900, 950], 0] = [1e300, -1e308, 1e101]  # in the warm-up and after it
     _, whole = run(X, [len(X)])
-    model = GMMDetector(warmup=300, random_state=0)
-    scores = []
-    for row in X:
-        x = {f"x{j}": v for j, v in enumerate(row)}
-        scores.append(model.score_one(x))
-        model.learn_one(x)
+    scores = river_scores(X)
     np.testing.assert_allclose(scores[1:], whole[0].score[1:], rtol=1e-9)
 
 
