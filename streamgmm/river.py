@@ -8,13 +8,12 @@ more anomalous, river's convention).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from river.base import AnomalyDetector
 
-from .detector import Detector
+from .detector import Detector, _check_events
 from .gmm import MAX_ABS_INPUT
 
 
@@ -70,7 +69,7 @@ class GMMDetector(AnomalyDetector):
             self._features = list(x)
         return [float(x.get(name, 0.0)) for name in self._features]
 
-    def _checked_row(self, x: dict) -> list[float]:
+    def _checked_row(self, x: dict) -> np.ndarray:
         """The event as a row of finite floats, or a ValueError saying why not."""
         try:
             row = self._vector(x)
@@ -78,13 +77,7 @@ class GMMDetector(AnomalyDetector):
             raise ValueError(
                 f"the event has a value that is not a number: {x!r} ({error})"
             ) from error
-        if not row:
-            raise ValueError("the event has no features; send at least one numeric field")
-        if not all(math.isfinite(v) for v in row):
-            raise ValueError(
-                f"the event has a NaN or infinite value: {x!r}; drop or repair it first"
-            )
-        return row
+        return _check_events([row], self.detector.n_features)[0]  # as process() checks
 
     def learn_one(self, x: dict) -> None:
         first = self._features is None
