@@ -100,11 +100,9 @@ def prefix_moments(X: np.ndarray, kept: np.ndarray):
     count = np.concatenate([[0], np.cumsum(kept[:-1])])
     safe = np.maximum(count, 1)[:, None]
     mean = ref + s1 / safe
-    kept_values = np.where(kept[:, None], X, np.nan)
-    low, high = np.full((n, d), np.nan), np.full((n, d), np.nan)
-    np.fmin.accumulate(kept_values[:-1], axis=0, out=low[1:])
-    np.fmax.accumulate(kept_values[:-1], axis=0, out=high[1:])
-    var = RunningGaussian().floored(mean, np.maximum(s2 - s1**2 / safe, 0.0) / safe, low, high)
+    gaussian = RunningGaussian()
+    low, high = gaussian.prefix_extremes(X, ~kept)
+    var = gaussian.floored(mean, np.maximum(s2 - s1**2 / safe, 0.0) / safe, low, high)
     mean = np.where(count[:, None] == 0, X, mean)
     return count, mean, var
 

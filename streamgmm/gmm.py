@@ -610,7 +610,7 @@ class RunningGaussian:
             variance = np.maximum(m2, 0.0) / safe
             first = count[:, None] == 0  # the first event of all: a unit Gaussian on itself
             mean = np.where(first, X, mean)
-            low, high = self._prefix_extremes(X, huge)
+            low, high = self.prefix_extremes(X, huge)
             var = np.where(first, 1.0, self.floored(mean, variance, low, high))
             diff = np.clip(X - mean, -MAX_ABS_INPUT, MAX_ABS_INPUT)
             z_sq = diff**2 / var
@@ -619,11 +619,12 @@ class RunningGaussian:
             log_likelihood = -0.5 * (d * _LOG_2PI + np.log(var).sum(axis=1) + distance_sq)
         return log_likelihood, distance_sq, centred, mean, count, var
 
-    def _prefix_extremes(self, X: np.ndarray, huge: np.ndarray):
+    def prefix_extremes(self, X: np.ndarray, left_out: np.ndarray):
         """The smallest and largest value of each field among the rows kept before each
-        row (the rows of X before it and the events before X; NaN before any): (n, d) each."""
+        row (the events before X and the rows of X before it but those ``left_out``,
+        shape (n,); NaN before any): arrays of shape (n, d)."""
         n, d = X.shape
-        values = np.where(huge[:, None], np.nan, X)  # never a row's prefix: the scan stops
+        values = np.where(left_out[:, None], np.nan, X)
         low, high = np.full((n, d), np.nan), np.full((n, d), np.nan)
         if n > 1:
             np.fmin.accumulate(values[:-1], axis=0, out=low[1:])
@@ -634,8 +635,6 @@ class RunningGaussian:
 
     def floored_variance(self) -> np.ndarray:
         """The variance the next event is scored against: array of shape (n_features,)."""
-        if self.count == 0:
-            return np.ones_like(self.mean) if self.mean is not None else np.ones(0)
         return self.floored(self.mean, self.variance, self.low, self.high)
 
     def get_state(self) -> dict[str, Any]:
